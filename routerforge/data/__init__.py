@@ -1,0 +1,1 @@
+"""Data preparation: readers for real source formats, cleaning, conversion, merge, decontamination, splits."""

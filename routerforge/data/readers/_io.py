@@ -1,0 +1,108 @@
+"""Line-exact file iteration shared by the readers.
+
+Each helper yields ``(line_number, record)`` with 1-based physical line numbers and reports rows it
+cannot parse (invalid JSON, non-UTF-8 bytes, a CSV row with the wrong columns) to the ledger with
+their file and line, instead of raising. Whole-file problems (missing file, empty glob, unreadable
+header) raise `DataError` with a one-line fix.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import io
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+from routerforge.data.report import Ledger
+from routerforge.errors import DataError
+
+# Kaggle / RouteLLM CSVs carry full model responses; the default 128 KiB field limit is too small.
+csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+
+
+def expand_paths(pattern: str, source: str) -> list[Path]:
+    """Sorted files matching `pattern` (a path or glob); DataError if none."""
+    matches = sorted(Path(p) for p in glob.glob(pattern, recursive=True) if Path(p).is_file())
+    if not matches:
+        hint = "check the path (relative to the working directory)" if not glob.has_magic(pattern) else \
+            "the glob matched no file"
+        raise DataError(f"source '{source}': no file at '{pattern}': {hint}.")
+    return matches
+
+
+def _decoded_lines(path: Path, source: str, ledger: Ledger) -> Iterator[tuple[int, str]]:
+    """Yield (line_no, text) of each non-blank line; lines that are not UTF-8 are reported and skipped."""
+    with open(path, "rb") as fh:
+        for line_no, raw in enumerate(fh, start=1):
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                ledger.bad(source, str(path), line_no, "not_utf8", f"byte {exc.start}: {exc.reason}")
+                continue
+            if text.strip():
+                yield line_no, text
+
+
+def iter_jsonl(path: Path, source: str, ledger: Ledger) -> Iterator[tuple[int, dict]]:
+    """Yield (line_no, object) of a JSON-lines file; bad lines are reported, not raised."""
+    for line_no, text in _decoded_lines(path, source, ledger):
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as exc:
+            ledger.bad(source, str(path), line_no, "invalid_json", exc.msg + f" at column {exc.colno}")
+            continue
+        if not isinstance(obj, dict):
+            ledger.bad(source, str(path), line_no, "not_an_object", f"got {type(obj).__name__}")
+            continue
+        yield line_no, obj
+
+
+def load_json(path: Path, source: str) -> object:
+    """A whole-file JSON document (LLMRouter, ZeroEval, price tables); DataError with the position if invalid."""
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 at byte {exc.start}; re-encode the file as UTF-8.") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg} at column {exc.colno}); "
+                        f"source '{source}' expects one JSON document.") from None
+
+
+def iter_csv(path: Path, source: str, ledger: Ledger, required: list[str] | None = None
+             ) -> Iterator[tuple[int, dict]]:
+    """Yield (line_no, row) of a CSV with a header; `line_no` is the physical line the row starts on.
+
+    Quoted fields may span lines (RouteLLM prompts do), so the line number is tracked from the
+    reader's position rather than by counting rows. Rows with a wrong number of columns and
+    non-UTF-8 files are reported.
+    """
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        # Report the offending line, then decode leniently so the valid rows are not lost.
+        line_no = path.read_bytes()[: exc.start].count(b"\n") + 1
+        ledger.bad(source, str(path), line_no, "not_utf8", f"byte {exc.start}: {exc.reason}")
+        text = path.read_bytes().decode("utf-8", errors="replace")
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header = next(reader)
+    except StopIteration:
+        raise DataError(f"{path}: empty CSV file; source '{source}' needs a header row.") from None
+    missing = [c for c in (required or []) if c not in header]
+    if missing:
+        raise DataError(f"{path}:1: CSV header lacks column(s) {', '.join(missing)}; header is {header}.")
+    prev_end = reader.line_num
+    for row in reader:
+        start = prev_end + 1
+        prev_end = reader.line_num
+        if not row or all(not c.strip() for c in row):
+            continue
+        if len(row) != len(header):
+            ledger.bad(source, str(path), start, "invalid_csv", f"{len(row)} columns, header has {len(header)}")
+            continue
+        yield start, dict(zip(header, row))

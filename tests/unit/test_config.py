@@ -1,0 +1,50 @@
+from dataclasses import dataclass
+
+import pytest
+
+from routerforge.config import doc, load_config
+from routerforge.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Optim:
+    lr: float = doc("learning rate (per optimizer step)", default=3e-4)
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0:
+            raise ValueError(f"optim.lr must be > 0, got {self.lr}")
+
+
+@dataclass(frozen=True)
+class Cfg:
+    name: str = doc("run name", default="x")
+    optim: Optim = doc("optimizer", default_factory=Optim)
+
+
+def test_yaml_and_overrides_merge_in_order(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("name: from_yaml\noptim:\n  lr: 0.5\n")
+    cfg = load_config(Cfg, path, ["optim.lr=0.25"])
+    assert cfg == Cfg(name="from_yaml", optim=Optim(lr=0.25))
+
+
+def test_typo_names_the_key_and_suggests(tmp_path):
+    with pytest.raises(ConfigError, match=r"unknown config key 'optim.lrr'.*Did you mean 'lr'"):
+        load_config(Cfg, None, ["optim.lrr=1"])
+    path = tmp_path / "c.yaml"
+    path.write_text("nmae: a\n")
+    with pytest.raises(ConfigError, match=r"c.yaml: unknown config key 'nmae'.*Did you mean 'name'"):
+        load_config(Cfg, path)
+
+
+def test_wrong_type_and_range_are_errors():
+    with pytest.raises(ConfigError, match="optim.lr"):
+        load_config(Cfg, None, ["optim.lr=abc"])
+    with pytest.raises(ConfigError, match="must be > 0"):
+        load_config(Cfg, None, ["optim.lr=-1"])
+
+
+def test_parsed_config_is_frozen():
+    cfg = load_config(Cfg)
+    with pytest.raises(AttributeError):
+        cfg.name = "y"  # type: ignore[misc]
