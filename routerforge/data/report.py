@@ -140,3 +140,21 @@ class Ledger:
         with open(path, "w", encoding="utf-8") as fh:
             for row in self.bad_rows:
                 fh.write(json.dumps(asdict(row), ensure_ascii=False) + "\n")
+
+    # -- persistence between resumable stages --------------------------------------------------
+    def to_json(self) -> dict:
+        return {
+            "bad_rows": [asdict(r) for r in self.bad_rows],
+            "counts": {s: {st: {"input": c.input, "kept": c.kept, "made": c.made, "dropped": dict(c.dropped)}
+                           for st, c in stages.items()} for s, stages in self.counts.items()},
+        }
+
+    @classmethod
+    def from_json(cls, data: dict, echo: TextIO | None = sys.stderr) -> Ledger:
+        ledger = cls(echo=echo)
+        ledger.bad_rows = [BadRow(**r) for r in data["bad_rows"]]
+        for source, stages in data["counts"].items():
+            for stage, c in stages.items():
+                ledger.counts[source][stage] = StageCount(input=c["input"], kept=c["kept"], made=c["made"],
+                                                          dropped=Counter(c["dropped"]))
+        return ledger

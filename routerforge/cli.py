@@ -1,0 +1,99 @@
+"""The `routerforge` command.
+
+    routerforge prep --config configs/data/demo.yaml [--stage STAGE] [--strict] [--force] [key=value ...]
+    routerforge demo
+
+Errors caused by user input (`RouterForgeError`) print one line and exit 2; anything else is a bug
+and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from routerforge.errors import RouterForgeError
+
+
+def _prep(args: argparse.Namespace) -> int:
+    from routerforge.config import load_config
+    from routerforge.data.config import PrepConfig
+    from routerforge.data.pipeline import run_pipeline
+
+    overrides = list(args.overrides) + (["strict=true"] if args.strict else [])
+    cfg = load_config(PrepConfig, args.config, overrides)
+    accelerator = None
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # launched with accelerate launch / torchrun
+        from accelerate import Accelerator
+
+        accelerator = Accelerator()
+    path = run_pipeline(cfg, until=args.stage, force=args.force, accelerator=accelerator, keep_work=args.keep_work)
+    if path is not None:
+        stats = json.loads((path / "stats.json").read_text())
+        manifest = json.loads((path / "manifest.json").read_text())
+        print(format_summary(manifest, stats))
+        print(f"dataset written to {path}")
+    return 0
+
+
+def format_summary(manifest: dict, stats: dict) -> str:
+    """A plain-text table of what a prepared dataset holds and what was dropped where."""
+    lines = [f"dataset {manifest['name']} version {manifest['version']} "
+             f"(content fingerprint {manifest['content_fingerprint'][:16]})",
+             f"encoder {manifest['encoder']['id']} dim {manifest['encoder']['dim']}; "
+             f"{len(manifest['models'])} models", ""]
+    lines.append(f"{'table':<10}{'train':>9}{'valid':>9}{'test':>9}")
+    for table, c in manifest["counts"].items():
+        lines.append(f"{table:<10}{c['train']:>9}{c['validation']:>9}{c['test']:>9}")
+    lines += ["", f"{'source':<22}{'stage':<15}{'input':>8}{'kept':>8}  dropped"]
+    for source, stages in stats["per_source"].items():
+        for stage, c in stages.items():
+            dropped = ", ".join(f"{k}={v}" for k, v in c["dropped"].items()) or "-"
+            made = f" (made {c['made']} pairs)" if c.get("made") else ""
+            lines.append(f"{source:<22}{stage:<15}{c['input']:>8}{c['kept']:>8}  {dropped}{made}")
+    if manifest["eval_sets"]:
+        lines += ["", "evaluation sets: " + ", ".join(f"{k} ({v['prompts']} prompts)"
+                                                      for k, v in manifest["eval_sets"].items())]
+    return "\n".join(lines)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from routerforge.demo import run_demo
+
+    return run_demo(fast=args.fast)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="routerforge", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    prep = sub.add_parser("prep", help="build a versioned, embedded router dataset from a data config")
+    prep.add_argument("--config", required=True, help="data config YAML (see configs/data/)")
+    prep.add_argument("--stage", default="embed",
+                      choices=["ingest", "convert", "decontaminate", "split", "embed"],
+                      help="run up to and including this stage (finished stages are resumed, not redone)")
+    prep.add_argument("--strict", action="store_true", help="any malformed row fails the run (exit 2)")
+    prep.add_argument("--force", action="store_true", help="rebuild even if this version exists")
+    prep.add_argument("--keep-work", action="store_true", help="keep the per-stage work directory")
+    prep.add_argument("overrides", nargs="*", help="config overrides key=value (e.g. split.seed=1)")
+    prep.set_defaults(func=_prep)
+
+    demo = sub.add_parser("demo", help="the end-to-end demo on the bundled real data")
+    demo.add_argument("--fast", action="store_true", help="smaller demo (used by tests)")
+    demo.set_defaults(func=_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except RouterForgeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
