@@ -62,7 +62,7 @@ def format_summary(manifest: dict, stats: dict) -> str:
 def _demo(args: argparse.Namespace) -> int:
     from routerforge.demo import run_demo
 
-    return run_demo(fast=args.fast)
+    return run_demo()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -81,7 +81,6 @@ def build_parser() -> argparse.ArgumentParser:
     prep.set_defaults(func=_prep)
 
     demo = sub.add_parser("demo", help="the end-to-end demo on the bundled real data")
-    demo.add_argument("--fast", action="store_true", help="smaller demo (used by tests)")
     demo.set_defaults(func=_demo)
     return parser
 

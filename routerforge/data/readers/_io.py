@@ -81,13 +81,14 @@ def iter_csv(path: Path, source: str, ledger: Ledger, required: list[str] | None
     reader's position rather than by counting rows. Rows with a wrong number of columns and
     non-UTF-8 files are reported.
     """
+    raw = path.read_bytes()
     try:
-        text = path.read_bytes().decode("utf-8")
+        text = raw.decode("utf-8-sig")  # -sig: Excel writes a byte-order mark before the header
     except UnicodeDecodeError as exc:
         # Report the offending line, then decode leniently so the valid rows are not lost.
-        line_no = path.read_bytes()[: exc.start].count(b"\n") + 1
+        line_no = raw[: exc.start].count(b"\n") + 1
         ledger.bad(source, str(path), line_no, "not_utf8", f"byte {exc.start}: {exc.reason}")
-        text = path.read_bytes().decode("utf-8", errors="replace")
+        text = raw.decode("utf-8-sig", errors="replace")
     reader = csv.reader(io.StringIO(text, newline=""))
     try:
         header = next(reader)
