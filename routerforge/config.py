@@ -44,9 +44,15 @@ def _config_error(exc: OmegaConfBaseException, cls: type, origin: str) -> Config
         m = re.search(r"Key '([^']+)'", msg)
         leaf = m.group(1) if m else full_key.split(".")[-1]
         dotted = full_key or leaf
-        candidates = _valid_keys(cls, dotted)
+        owner = getattr(exc, "object_type", None)
+        if dataclasses.is_dataclass(owner):
+            # OmegaConf loses the path inside list items (full_key is just the leaf): name the section type.
+            candidates = [f.name for f in dataclasses.fields(owner)]
+            where = f" (in a {owner.__name__} section)" if "." not in dotted else ""
+        else:
+            candidates, where = _valid_keys(cls, dotted), ""
         return ConfigError(
-            f"{origin}: unknown config key '{dotted}'.{_suggest(leaf, candidates)}"
+            f"{origin}: unknown config key '{dotted}'{where}.{_suggest(leaf, candidates)}"
             f" Valid keys here: {', '.join(candidates) or '(none)'}."
         )
     if isinstance(exc, ValidationError):
@@ -55,10 +61,16 @@ def _config_error(exc: OmegaConfBaseException, cls: type, origin: str) -> Config
 
 
 def _valid_keys(cls: type, dotted: str) -> list[str]:
+    """Field names of the dataclass that holds the last key of `dotted` (`sources[0].nme` -> SourceConfig's)."""
     import typing
 
     current: Any = cls
-    for part in dotted.split(".")[:-1]:
+    parts = [p for p in re.split(r"[.\[\]]", dotted) if p][:-1]
+    for part in parts:
+        if part.isdigit():  # list item: step into the element type of list[X]
+            args = typing.get_args(current)
+            current = args[0] if args else None
+            continue
         if not dataclasses.is_dataclass(current):
             return []
         hints = typing.get_type_hints(current)
@@ -70,34 +82,68 @@ def _valid_keys(cls: type, dotted: str) -> list[str]:
     return [f.name for f in dataclasses.fields(current)]
 
 
+def _set_dotted(data: dict, key: str, value: Any) -> None:
+    """Set `a.b.0.c` in nested dicts/lists (list items addressed by index), creating dicts as needed."""
+    parts = key.split(".")
+    node: Any = data
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        where = ".".join(parts[: i + 1])
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ConfigError(f"override '{key}': '{where}' is not an item of a list of {len(node)} "
+                                  f"(list items are addressed by index: {'.'.join(parts[:i])}.0...).")
+            if last:
+                node[int(part)] = value
+            else:
+                node = node[int(part)]
+            continue
+        if not isinstance(node, dict):
+            raise ConfigError(f"override '{key}': '{'.'.join(parts[:i])}' holds a value, not a section.")
+        if last:
+            node[part] = value
+        else:
+            node = node.setdefault(part, {})
+
+
 def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
-    """Load `cls` from an optional YAML file and `key=value` overrides; raise ConfigError on any problem."""
-    schema = OmegaConf.structured(cls)
-    layers = [schema]
+    """Load `cls` from an optional YAML file and `key=value` overrides; raise ConfigError on any problem.
+
+    Overrides are applied to the YAML data before validation, so they can address list items
+    (`sources.0.weight=0.5`), replace whole lists (`tags=[a,b]`) and mappings (`aliases={a: b}`);
+    values are parsed as YAML (numbers, booleans, lists, mappings, null).
+    """
+    data: dict = {}
+    origin = "config"
     if path is not None:
         path = Path(path)
+        origin = str(path)
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}. Pass an existing YAML file with --config.")
         try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping of config keys, got {type(raw).__name__}.")
-        try:
-            layers.append(OmegaConf.merge(schema, OmegaConf.create(raw)))
-        except OmegaConfBaseException as exc:
-            raise _config_error(exc, cls, str(path)) from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of config keys, got {type(data).__name__}.")
     for override in overrides or []:
-        if "=" not in override:
+        key, sep, raw_value = override.partition("=")
+        if not sep or not key:
             raise ConfigError(f"override '{override}' is not of the form key=value (e.g. optim.lr=3e-4).")
+        try:
+            value = yaml.safe_load(raw_value) if raw_value.strip() else ""
+        except yaml.YAMLError:
+            value = raw_value
+        _set_dotted(data, key.strip(), value)
+    if overrides:
+        origin += " + command-line overrides"
     try:
-        merged = OmegaConf.merge(*layers, OmegaConf.from_dotlist(list(overrides or [])))
+        merged = OmegaConf.merge(OmegaConf.structured(cls), OmegaConf.create(data))
         obj = OmegaConf.to_object(merged)
     except OmegaConfBaseException as exc:
-        raise _config_error(exc, cls, "command line" if overrides else str(path)) from None
+        raise _config_error(exc, cls, origin) from None
     except (ValueError, TypeError) as exc:  # raised by __post_init__ validation
-        raise ConfigError(f"{path or 'config'}: {exc}") from None
+        raise ConfigError(f"{origin}: {exc}") from None
     return obj  # type: ignore[return-value]
 
 

@@ -6,7 +6,7 @@ with their conversion rules and weights. Every field is typed, documented with i
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from routerforge.config import doc
 
@@ -96,6 +96,9 @@ class SourceConfig:
         if not 0.0 <= self.holdout < 1.0:
             raise ValueError(f"source '{self.name}': holdout must be in [0, 1), got {self.holdout}")
         produces = SOURCE_KINDS[self.kind]
+        if produces == "pairs" and (self.role == "eval" or self.holdout > 0):
+            raise ValueError(f"source '{self.name}': a {self.kind} source cannot be an evaluation set (role eval "
+                             f"or holdout): evaluation needs per-model outcomes; use an outcome or judge source")
         if produces == "pairs" and self.convert.rule not in ("none",):
             raise ValueError(f"source '{self.name}': kind {self.kind} yields pairs; convert.rule must be none")
         if produces == "outcomes" and self.role == "train" and self.convert.rule != "outcome_pairs":

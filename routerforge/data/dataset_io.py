@@ -150,7 +150,7 @@ class PreparedDataset:
         out: dict[str, np.ndarray] = {}
         for split in self.prompts:
             ids, emb = self.embeddings(split)
-            out.update(zip(ids, emb))
+            out.update(zip(ids, emb, strict=True))
         return out
 
     def eval_sets(self) -> dict[str, Path]:

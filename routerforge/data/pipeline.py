@@ -247,6 +247,27 @@ def _eval_outcome_row(row: dict) -> dict:
                                  "output_tokens", "task", "source", "source_id")}
 
 
+def _route_holdout(run: PrepRun, src: SourceConfig, produces: str, ds: Dataset,
+                   eval_rows: dict[str, list[dict]]) -> Iterator[list[dict]]:
+    """Yield the training groups (records of one prompt); evaluation sets and holdouts go to `eval_rows`."""
+    for group in groups_by_prompt(_iter_rows(ds)):
+        pid = group[0]["prompt_id"]
+        if src.role == "eval" or in_holdout(pid, run.cfg.holdout_seed, src.holdout):
+            run.ledger.count(src.name, "holdout", dropped={"evaluation_set": len(group)})
+            rows = group if produces == "outcomes" else list(_eval_outcomes_from_judge(group, src))
+            eval_rows[src.name].extend(_eval_outcome_row(r) for r in rows)
+            continue
+        run.ledger.count(src.name, "holdout", kept=len(group))
+        yield group
+
+
+def _tee_rows(groups: Iterator[list[dict]], writer: ArrowWriter) -> Iterator[list[dict]]:
+    for group in groups:
+        for row in group:
+            writer.write(row)
+        yield group
+
+
 def stage_convert(run: PrepRun) -> None:
     out = _new_stage_dir(run, "convert")
     ingest = run.stage_dir("ingest")
@@ -254,14 +275,10 @@ def stage_convert(run: PrepRun) -> None:
     eval_rows: dict[str, list[dict]] = defaultdict(list)
     pair_parts: list[Path] = []
     outcome_parts: list[Path] = []
-    seed = run.cfg.holdout_seed
     for src in run.cfg.sources:
         produces = SOURCE_KINDS[src.kind]
         ds = _read_arrow(ingest / f"{src.name}.arrow")
         if produces == "pairs":
-            if src.role == "eval" or src.holdout > 0:
-                raise DataError(f"source '{src.name}': pair sources cannot be evaluation sets (role/holdout); "
-                                f"evaluation needs per-model outcomes. Use an outcome or judge source.")
             run.ledger.count(src.name, "convert", kept=len(ds))
             path = out / f"pairs-{src.name}.arrow"
             _write_arrow(path, PAIR_FEATURES, _iter_rows(ds))
@@ -269,32 +286,25 @@ def stage_convert(run: PrepRun) -> None:
             continue
 
         ds = ds.sort("prompt_id")
-        train_groups: list[list[dict]] = []
-
-        def route_groups(ds=ds, src=src, train_groups=train_groups) -> Iterator[list[dict]]:
-            for group in groups_by_prompt(_iter_rows(ds)):
-                pid = group[0]["prompt_id"]
-                if src.role == "eval" or in_holdout(pid, seed, src.holdout):
-                    run.ledger.count(src.name, "holdout", dropped={"evaluation_set": len(group)})
-                    rows = group if produces == "outcomes" else list(_eval_outcomes_from_judge(group, src))
-                    eval_rows[src.name].extend(_eval_outcome_row(r) for r in rows)
-                    continue
-                run.ledger.count(src.name, "holdout", kept=len(group))
-                if produces == "outcomes":
-                    train_groups.append(group)
-                yield group
-
+        groups = _route_holdout(run, src, produces, ds, eval_rows)
         if src.role == "eval":
-            for _ in route_groups():
+            for _ in groups:
                 pass
             continue
-        path = out / f"pairs-{src.name}.arrow"
-        _write_arrow(path, PAIR_FEATURES, CONVERTERS[src.convert.rule](route_groups(), src, run.ledger))
-        pair_parts.append(path)
-        if produces == "outcomes":
-            path = out / f"outcomes-{src.name}.arrow"
-            _write_arrow(path, OUTCOME_FEATURES, (row for group in train_groups for row in group))
-            outcome_parts.append(path)
+        pair_path, outcome_path = out / f"pairs-{src.name}.arrow", out / f"outcomes-{src.name}.arrow"
+        outcome_writer = ArrowWriter(features=OUTCOME_FEATURES, path=str(outcome_path)) \
+            if produces == "outcomes" else None
+        try:
+            if outcome_writer is not None:  # training outcomes are kept as a table too (cluster/probe routers)
+                groups = _tee_rows(groups, outcome_writer)
+            _write_arrow(pair_path, PAIR_FEATURES, CONVERTERS[src.convert.rule](groups, src, run.ledger))
+        finally:
+            if outcome_writer is not None:
+                outcome_writer.finalize()
+                outcome_writer.close()
+        pair_parts.append(pair_path)
+        if outcome_writer is not None:
+            outcome_parts.append(outcome_path)
     for name, rows in eval_rows.items():
         _write_jsonl(out / "eval" / f"{name}.jsonl", rows)
     _merge_parts(pair_parts, PAIR_FEATURES, out / "pairs.arrow")
@@ -333,7 +343,7 @@ def _unique_prompts(*tables: Dataset) -> dict[str, str]:
     prompts: dict[str, str] = {}
     for ds in tables:
         for batch in ds.select_columns(["prompt_id", "prompt"]).iter(batch_size=10_000):
-            for pid, text in zip(batch["prompt_id"], batch["prompt"]):
+            for pid, text in zip(batch["prompt_id"], batch["prompt"], strict=True):
                 prompts.setdefault(pid, text)
     return prompts
 

@@ -57,7 +57,19 @@ def iter_jsonl(path: Path, source: str, ledger: Ledger) -> Iterator[tuple[int, d
         if not isinstance(obj, dict):
             ledger.bad(source, str(path), line_no, "not_an_object", f"got {type(obj).__name__}")
             continue
+        if "\\ud" in text.lower() and not _utf8_encodable(obj):
+            # A lone surrogate escape ("\ud800") parses as JSON but cannot be written as UTF-8 (Arrow).
+            ledger.bad(source, str(path), line_no, "not_utf8", "lone UTF-16 surrogate escape in a string")
+            continue
         yield line_no, obj
+
+
+def _utf8_encodable(obj: object) -> bool:
+    try:
+        json.dumps(obj, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def load_json(path: Path, source: str) -> object:
@@ -82,12 +94,17 @@ def iter_csv(path: Path, source: str, ledger: Ledger, required: list[str] | None
     non-UTF-8 files are reported.
     """
     raw = path.read_bytes()
+    bad_lines: set[int] = set()
     try:
         text = raw.decode("utf-8-sig")  # -sig: Excel writes a byte-order mark before the header
-    except UnicodeDecodeError as exc:
-        # Report the offending line, then decode leniently so the valid rows are not lost.
-        line_no = raw[: exc.start].count(b"\n") + 1
-        ledger.bad(source, str(path), line_no, "not_utf8", f"byte {exc.start}: {exc.reason}")
+    except UnicodeDecodeError:
+        # Find every line with invalid bytes; the rows spanning them are reported below and skipped,
+        # never yielded with replacement characters.
+        for n, line in enumerate(raw.split(b"\n"), start=1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError:
+                bad_lines.add(n)
         text = raw.decode("utf-8-sig", errors="replace")
     reader = csv.reader(io.StringIO(text, newline=""))
     try:
@@ -103,7 +120,11 @@ def iter_csv(path: Path, source: str, ledger: Ledger, required: list[str] | None
         prev_end = reader.line_num
         if not row or all(not c.strip() for c in row):
             continue
+        spanned = sorted(b for b in bad_lines if start <= b <= prev_end)
+        if spanned:
+            ledger.bad(source, str(path), start, "not_utf8", f"invalid UTF-8 on line {spanned[0]}")
+            continue
         if len(row) != len(header):
             ledger.bad(source, str(path), start, "invalid_csv", f"{len(row)} columns, header has {len(header)}")
             continue
-        yield start, dict(zip(header, row))
+        yield start, dict(zip(header, row, strict=True))

@@ -40,8 +40,8 @@ def read_arena_conversations(src: SourceConfig, ledger: Ledger) -> Iterator[dict
         for line_no, obj in iter_jsonl(path, src.name, ledger):
             file = str(path)
 
-            def bad(reason: str, detail: str, field: str | None = None, _l: int = line_no) -> None:
-                ledger.bad(src.name, file, _l, reason, detail, field)
+            def bad(reason: str, detail: str, field: str | None = None, _l: int = line_no, _f: str = file) -> None:
+                ledger.bad(src.name, _f, _l, reason, detail, field)
 
             missing = [k for k in ("question_id", "model_a", "model_b", "winner", "turns") if k not in obj]
             if missing:

@@ -1,0 +1,1 @@
+"""Registry: export, manifest, model card, load, and Hub publishing (`routerforge.registry.publish`)."""
