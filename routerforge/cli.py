@@ -2,6 +2,7 @@
 
     routerforge prep --config configs/data/demo.yaml [--stage STAGE] [--strict] [--force] [key=value ...]
     routerforge demo
+    routerforge publish CHECKPOINT --repo ORG/NAME [--force] [--private] [--branch B]
 
 Errors caused by user input (`RouterForgeError`) print one line and exit 2; anything else is a bug
 and keeps its traceback.
@@ -82,10 +83,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="the end-to-end demo on the bundled real data")
     demo.set_defaults(func=_demo)
+    for name in DELEGATED:
+        sub.add_parser(name, help=f"see `routerforge {name} --help`", add_help=False)
     return parser
 
 
+# Subcommands that own their argument parsing; `routerforge X ...` hands everything after X to them.
+DELEGATED = {"publish": "routerforge.registry.publish:publish_main"}
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in DELEGATED:
+        import importlib
+
+        module, func = DELEGATED[argv[0]].split(":")
+        return getattr(importlib.import_module(module), func)(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
