@@ -26,10 +26,19 @@ def _prep(args: argparse.Namespace) -> int:
     overrides = list(args.overrides) + (["strict=true"] if args.strict else [])
     cfg = load_config(PrepConfig, args.config, overrides)
     accelerator = None
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # launched with accelerate launch / torchrun
+    launched_world = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched_world > 1:  # launched with accelerate launch / torchrun: split the embedding work
+        import torch
         from accelerate import Accelerator
 
-        accelerator = Accelerator()
+        # cpu=True on a machine without an accelerator forms a real gloo world (ARCHITECTURE.md, traps).
+        accelerator = Accelerator(cpu=not torch.accelerator.is_available())
+        if accelerator.num_processes != launched_world:
+            raise RouterForgeError(f"launched {launched_world} processes but accelerate formed a world of "
+                                   f"{accelerator.num_processes}; on CPU use `accelerate launch --multi_gpu "
+                                   f"--num_processes {launched_world}` (launch/accelerate/cpu_2proc.yaml).")
+        if accelerator.is_main_process:
+            print(f"distributed prep: world_size={accelerator.num_processes}", file=sys.stderr)
     path = run_pipeline(cfg, until=args.stage, force=args.force, accelerator=accelerator, keep_work=args.keep_work)
     if path is not None:
         stats = json.loads((path / "stats.json").read_text())

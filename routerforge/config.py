@@ -82,6 +82,15 @@ def _valid_keys(cls: type, dotted: str) -> list[str]:
     return [f.name for f in dataclasses.fields(current)]
 
 
+def _deep_update(base: dict, update: dict) -> None:
+    """Merge `update` into `base`: mappings recursively, everything else (lists included) replaced."""
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _deep_update(base[key], value)
+        else:
+            base[key] = value
+
+
 def _set_dotted(data: dict, key: str, value: Any) -> None:
     """Set `a.b.0.c` in nested dicts/lists (list items addressed by index), creating dicts as needed."""
     parts = key.split(".")
@@ -113,7 +122,8 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
     (`sources.0.weight=0.5`), replace whole lists (`tags=[a,b]`) and mappings (`aliases={a: b}`);
     values are parsed as YAML (numbers, booleans, lists, mappings, null).
     """
-    data: dict = {}
+    # Start from the defaults so overrides can address items of default lists (`models.0.price=1`).
+    data: dict = OmegaConf.to_container(OmegaConf.structured(cls))  # type: ignore[assignment]
     origin = "config"
     if path is not None:
         path = Path(path)
@@ -121,11 +131,13 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}. Pass an existing YAML file with --config.")
         try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            from_file = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping of config keys, got {type(data).__name__}.")
+        if not isinstance(from_file, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of config keys, got "
+                              f"{type(from_file).__name__}.")
+        _deep_update(data, from_file)
     for override in overrides or []:
         key, sep, raw_value = override.partition("=")
         if not sep or not key:

@@ -348,34 +348,39 @@ def _unique_prompts(*tables: Dataset) -> dict[str, str]:
     return prompts
 
 
-def warm_embedding_cache(run: PrepRun) -> None:
-    """Embed every training and evaluation prompt across all processes so stage 3 only reads the cache."""
+def _decontam_inputs(run: PrepRun) -> tuple[dict[str, str], dict[str, tuple[str, str]]]:
+    """(training prompt_id -> text, evaluation prompt_id -> (set, text)), both in a deterministic order."""
     conv = run.stage_dir("convert")
-    texts = list(_unique_prompts(_read_arrow(conv / "pairs.arrow"), _read_arrow(conv / "outcomes.arrow")).values())
-    for path in sorted((conv / "eval").glob("*.jsonl")):
-        texts += [row["prompt"] for row in _read_jsonl(path)]
-    for pattern in run.cfg.decontaminate.extra_eval_files:
-        texts += [text for _, text in _extra_eval_prompts(pattern)]
-    _embed(run, texts, distributed=True)
-
-
-def stage_decontaminate(run: PrepRun) -> None:
-    out = _new_stage_dir(run, "decontaminate")
-    conv = run.stage_dir("convert")
-    pairs, outcomes = _read_arrow(conv / "pairs.arrow"), _read_arrow(conv / "outcomes.arrow")
-    # Evaluation prompts: every eval table the run wrote, plus extra files the config lists.
-    eval_prompts: dict[str, tuple[str, str]] = {}  # prompt_id -> (set, text)
+    eval_prompts: dict[str, tuple[str, str]] = {}
     for path in sorted((conv / "eval").glob("*.jsonl")):
         for row in _read_jsonl(path):
             eval_prompts.setdefault(row["prompt_id"], (path.stem, row["prompt"]))
     for pattern in run.cfg.decontaminate.extra_eval_files:
         for set_name, text in _extra_eval_prompts(pattern):
             eval_prompts.setdefault(prompt_id_for(text), (set_name, text))
-    train_prompts = _unique_prompts(pairs, outcomes)
-    train_ids = sorted(train_prompts)
-    eval_ids = sorted(eval_prompts)
-    train_emb = _embed(run, [train_prompts[i] for i in train_ids])
-    eval_emb = _embed(run, [eval_prompts[i][1] for i in eval_ids])
+    train = _unique_prompts(_read_arrow(conv / "pairs.arrow"), _read_arrow(conv / "outcomes.arrow"))
+    return dict(sorted(train.items())), dict(sorted(eval_prompts.items()))
+
+
+def warm_embedding_cache(run: PrepRun) -> None:
+    """Embed every training and evaluation prompt across all processes so stage 3 only reads the cache.
+
+    The calls are exactly stage 3's (same texts, same order, so the same length-sorted batches): the
+    dataset is then bitwise identical to a one-process run.
+    """
+    train_prompts, eval_prompts = _decontam_inputs(run)
+    _embed(run, list(train_prompts.values()), distributed=True)
+    _embed(run, [text for _, text in eval_prompts.values()], distributed=True)
+
+
+def stage_decontaminate(run: PrepRun) -> None:
+    out = _new_stage_dir(run, "decontaminate")
+    conv = run.stage_dir("convert")
+    pairs, outcomes = _read_arrow(conv / "pairs.arrow"), _read_arrow(conv / "outcomes.arrow")
+    train_prompts, eval_prompts = _decontam_inputs(run)
+    train_ids, eval_ids = list(train_prompts), list(eval_prompts)
+    train_emb = _embed(run, list(train_prompts.values()))
+    eval_emb = _embed(run, [text for _, text in eval_prompts.values()])
     best, arg = max_cosine(train_emb, eval_emb)
     threshold = run.cfg.decontaminate.cosine_threshold
     removed: dict[str, str] = {}
@@ -453,11 +458,10 @@ def stage_split(run: PrepRun) -> None:
 
 def encoder_info(cfg) -> dict:
     """What the manifest records about the encoder: enough to embed new prompts the same way."""
-    from routerforge.encoders import build_encoder
+    from routerforge.encoders import build_encoder, encoder_manifest
 
-    encoder = build_encoder(cfg)
-    return {"backend": cfg.backend, "id": encoder.encoder_id, "revision": encoder.revision, "dim": int(encoder.dim),
-            "max_length": cfg.max_length, "normalize": cfg.normalize, "model": cfg.model}
+    return {**encoder_manifest(build_encoder(cfg)), "backend": cfg.backend, "model": cfg.model,
+            "max_length": cfg.max_length, "normalize": cfg.normalize}
 
 
 def stage_embed(run: PrepRun) -> Path:
@@ -509,9 +513,9 @@ def stage_embed(run: PrepRun) -> Path:
     }
 
     def fill(tmp: Path) -> dict:
-        prompt_tables.save_to_disk(str(tmp / "prompts"))
-        pairs.save_to_disk(str(tmp / "pairs"))
-        outcomes.save_to_disk(str(tmp / "outcomes"))
+        for name, tables in (("prompts", prompt_tables), ("pairs", pairs), ("outcomes", outcomes)):
+            # one shard per split, also for an empty split (0 shards cannot be loaded back)
+            tables.save_to_disk(str(tmp / name), num_shards={s: 1 for s in tables})
         shutil.copytree(sp / "eval", tmp / "eval")
         shutil.copy(sp / "decontamination.jsonl", tmp / "decontamination.jsonl")
         run.ledger.write_bad_rows(tmp / "bad_rows.jsonl")

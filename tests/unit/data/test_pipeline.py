@@ -227,3 +227,23 @@ def test_interrupted_rebuild_leaves_the_good_dataset(tmp_path, data_dir):
     assert done.returncode == 0, done.stderr
     assert "[ingest] already done" in done.stderr
     assert (root / "LATEST").read_text().strip() != good.name
+
+
+def test_two_process_prep_equals_one_process(tmp_path, data_dir):
+    """accelerate launch with 2 CPU processes splits the embedding work; the dataset is identical."""
+    cfg_path = _config(tmp_path, data_dir)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[3]), "ACCELERATE_USE_CPU": "true"}
+    repo = Path(__file__).resolve().parents[3]
+    two = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                          str(repo / "launch/accelerate/cpu_2proc.yaml"), str(repo / "data_prep/prep.py"),
+                          "--config", str(cfg_path), f"output_root={tmp_path / 'two'}",
+                          f"encoder.cache_dir={tmp_path / 'cache2'}"],
+                         cwd=tmp_path, capture_output=True, text=True, env=env, timeout=600)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert "distributed prep: world_size=2" in two.stderr
+    one = _cli(["prep", "--config", str(cfg_path), f"output_root={tmp_path / 'one'}",
+                f"encoder.cache_dir={tmp_path / 'cache1'}"], tmp_path)
+    assert one.returncode == 0, one.stderr[-3000:]
+    m_two = json.loads(next((tmp_path / "two/small").glob("*/manifest.json")).read_text())
+    m_one = json.loads(next((tmp_path / "one/small").glob("*/manifest.json")).read_text())
+    assert m_two["content_fingerprint"] == m_one["content_fingerprint"]
