@@ -23,6 +23,7 @@ Stage by stage:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import sys
@@ -32,6 +33,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import datasets
 import numpy as np
 from datasets import Dataset, DatasetDict, concatenate_datasets
 from datasets.arrow_writer import ArrowWriter
@@ -106,8 +108,6 @@ def input_fingerprint(cfg: PrepConfig) -> str:
 
     Same config + same input files -> same fingerprint -> same dataset version (a re-run is a no-op).
     """
-    import hashlib
-
     h = hashlib.sha256()
     h.update(f"format={DATA_FORMAT_VERSION}\n".encode())
     h.update(dump_config(cfg).encode())
@@ -124,9 +124,7 @@ def input_fingerprint(cfg: PrepConfig) -> str:
 
 
 def _content_fingerprint(tables: dict[str, DatasetDict]) -> str:
-    """sha256 over the Arrow fingerprints-independent content: every row of every table, in order."""
-    import hashlib
-
+    """sha256 over every row of every table, in order (the Arrow buffers), independent of file layout."""
     h = hashlib.sha256()
     for name in sorted(tables):
         for split in sorted(tables[name]):
@@ -513,9 +511,15 @@ def stage_embed(run: PrepRun) -> Path:
     }
 
     def fill(tmp: Path) -> dict:
-        for name, tables in (("prompts", prompt_tables), ("pairs", pairs), ("outcomes", outcomes)):
-            # one shard per split, also for an empty split (0 shards cannot be loaded back)
-            tables.save_to_disk(str(tmp / name), num_shards={s: 1 for s in tables})
+        was_disabled = datasets.are_progress_bars_disabled()
+        datasets.disable_progress_bars()  # nine instantaneous "Saving the dataset" bars are only noise
+        try:
+            for name, tables in (("prompts", prompt_tables), ("pairs", pairs), ("outcomes", outcomes)):
+                # one shard per split, also for an empty split (0 shards cannot be loaded back)
+                tables.save_to_disk(str(tmp / name), num_shards={s: 1 for s in tables})
+        finally:
+            if not was_disabled:
+                datasets.enable_progress_bars()
         shutil.copytree(sp / "eval", tmp / "eval")
         shutil.copy(sp / "decontamination.jsonl", tmp / "decontamination.jsonl")
         run.ledger.write_bad_rows(tmp / "bad_rows.jsonl")
