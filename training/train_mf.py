@@ -1,0 +1,369 @@
+"""Train RouteLLM's matrix-factorization router on preference pairs.
+
+    accelerate launch training/train_mf.py --config configs/mf/default.yaml [key=value ...]
+    accelerate launch --config_file launch/accelerate/cpu_2proc.yaml training/train_mf.py --config configs/mf/tiny.yaml
+    accelerate launch --config_file launch/accelerate/single_gpu.yaml training/train_mf.py --config configs/mf/default.yaml
+    ... resume=auto                                   # continue the run from its newest complete checkpoint
+    ... init.from_export=checkpoints/mf/base/final init.train_only_new_models=true   # add models to a trained router
+
+Model (Ong et al. 2024, RouteLLM, section 4.1): δ(m, q) = w · (v_m/‖v_m‖ ⊙ W q), trained with BCE on
+δ(a, q) − δ(b, q) against the human vote, weighted by each pair's source weight. Ties are dropped
+(RouteLLM) or trained toward 0.5 (`loss.ties=half`). The model pool is the dataset's (its manifest's
+`models`), in that order; any number of models.
+
+Reads top to bottom:
+  1. config   2. accelerate, seeds, run dir, tracking   3. data   4. model   5. optimizer + schedule
+  6. resume   7. training loop (log, evaluate, checkpoint)   8. final evaluation and export (main process)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list
+from safetensors.torch import load_file
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from routerforge.config import config_to_dict, doc
+from routerforge.data.dataset_io import load_prepared
+from routerforge.errors import CheckpointError, DataError
+from routerforge.models.mf import MFModel, extend_model_pool, freeze_all_but_new_models, new_model_l2_penalty
+from routerforge.train import checkpointing, faults
+from routerforge.train.accelerator_setup import (
+    build_accelerator,
+    seed_for_model_init,
+    seed_for_training,
+    world_description,
+)
+from routerforge.train.consistency import parameter_digests
+from routerforge.train.data_loading import (
+    batches_for_epoch,
+    build_eval_loader,
+    build_train_loader,
+    normalize_position,
+)
+from routerforge.train.entrypoint import run_recipe
+from routerforge.train.export import CONFIG_FILE, WEIGHTS_FILE, build_manifest, export_router
+from routerforge.train.optimization import build_lr_scheduler, build_optimizer
+from routerforge.train.pair_data import TIE_RULES, pairs_to_tensors, prompt_embedding_matrix
+from routerforge.train.run_config import (
+    RESUME_HELP,
+    CheckpointConfig,
+    ExportConfig,
+    OptimConfig,
+    RunConfig,
+    TrackingConfig,
+    export_dir_for,
+    parse_recipe_args,
+    run_dir_for,
+)
+from routerforge.train.tracking import new_run_id, start_tracking
+
+RECIPE = "mf"
+REPO_DIR = Path(__file__).resolve().parents[1]
+
+
+# ----------------------------------------------------------------------------------------------------
+# 1. Config: shared blocks (run, optim, tracking, checkpoint, export) + this recipe's data/model/loss/init
+# ----------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class MFDataConfig:
+    path: str = doc("prepared dataset: a version directory, or its parent holding LATEST (path)",
+                    default="data/processed/demo")
+    train_split: str = doc("split of the pairs table to train on", default="train")
+    eval_split: str = doc("split to evaluate on (loss, accuracy); empty string: none", default="validation")
+
+
+@dataclass(frozen=True)
+class MFModelConfig:
+    model_embedding_dim: int = doc("dimension of the model embeddings v_m (RouteLLM: 128)", default=128)
+    use_projection: bool = doc("project the prompt embedding with W (RouteLLM: true); false needs "
+                               "model_embedding_dim == the encoder's dim", default=True)
+    prompt_noise_std: float = doc("std of the Gaussian noise added to prompt embeddings in training "
+                                  "(embedding units; RouteLLM: 0.1)", default=0.1)
+
+    def __post_init__(self) -> None:
+        if self.model_embedding_dim < 1:
+            raise ValueError(f"model.model_embedding_dim must be >= 1, got {self.model_embedding_dim}")
+        if self.prompt_noise_std < 0:
+            raise ValueError(f"model.prompt_noise_std must be >= 0, got {self.prompt_noise_std}")
+
+
+@dataclass(frozen=True)
+class MFLossConfig:
+    ties: str = doc("tie rule: " + "; ".join(f"{k}: {v}" for k, v in TIE_RULES.items()), default="drop")
+    use_source_weights: bool = doc("weight each pair's loss by its `weight` column (the source's weight)",
+                                   default=True)
+
+    def __post_init__(self) -> None:
+        if self.ties not in TIE_RULES:
+            raise ValueError(f"loss.ties must be one of {', '.join(TIE_RULES)}, got '{self.ties}'")
+
+
+@dataclass(frozen=True)
+class MFInitConfig:
+    from_export: str | None = doc("start from an exported MF router (its directory): its architecture replaces "
+                                  "model.model_embedding_dim/use_projection, and models of the data missing "
+                                  "from its pool are appended", default=None)
+    train_only_new_models: bool = doc("with from_export: train only the embeddings of the appended models; "
+                                      "W, w and the existing embeddings stay frozen", default=False)
+
+    def __post_init__(self) -> None:
+        if self.train_only_new_models and not self.from_export:
+            raise ValueError("init.train_only_new_models needs init.from_export (the router to add models to)")
+
+
+@dataclass(frozen=True)
+class MFConfig:
+    run: RunConfig = doc("run name, output dir, seed, length, batch geometry (RouteLLM: batch 64, 100 epochs)",
+                         default_factory=lambda: RunConfig(epochs=100, micro_batch_size=64))
+    data: MFDataConfig = doc("prepared dataset", default_factory=MFDataConfig)
+    model: MFModelConfig = doc("MF architecture", default_factory=MFModelConfig)
+    loss: MFLossConfig = doc("pairwise loss", default_factory=MFLossConfig)
+    init: MFInitConfig = doc("initialisation from an exported router", default_factory=MFInitConfig)
+    optim: OptimConfig = doc("optimizer (RouteLLM: Adam, lr 3e-4, weight decay 1e-5)",
+                             default_factory=lambda: OptimConfig(name="adam", lr=3e-4, weight_decay=1e-5))
+    tracking: TrackingConfig = doc("W&B / TensorBoard", default_factory=TrackingConfig)
+    checkpoint: CheckpointConfig = doc("step checkpoints", default_factory=CheckpointConfig)
+    export: ExportConfig = doc("final export", default_factory=ExportConfig)
+    resume: str = doc(RESUME_HELP, default="never")
+
+
+def load_base_router(export_dir: Path, encoder: dict) -> tuple[MFModel, list[str]]:
+    """An exported MF router and its model pool; its encoder must be the dataset's."""
+    config_path = export_dir / CONFIG_FILE
+    if not config_path.is_file():
+        raise CheckpointError(f"init.from_export={export_dir}: no {CONFIG_FILE}; pass an MF export directory.")
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    if config.get("router_type") != RECIPE:
+        raise CheckpointError(f"{config_path}: router_type is {config.get('router_type')!r}, not 'mf'.")
+    manifest = json.loads((export_dir / "manifest.json").read_text(encoding="utf-8"))
+    base_encoder = manifest.get("encoder", {})
+    if (base_encoder.get("id"), base_encoder.get("dim")) != (encoder.get("id"), encoder.get("dim")):
+        raise DataError(f"init.from_export={export_dir}: router was trained on encoder {base_encoder.get('id')} "
+                        f"(dim {base_encoder.get('dim')}) but the data uses {encoder.get('id')} (dim "
+                        f"{encoder.get('dim')}); re-embed the data with the router's encoder.")
+    model = MFModel(config["num_models"], config["prompt_embedding_dim"], config["model_embedding_dim"],
+                    config["use_projection"])
+    model.load_state_dict(load_file(str(export_dir / WEIGHTS_FILE)))
+    return model, list(config["model_pool"])
+
+
+@torch.no_grad()
+def evaluate(accelerator: Accelerator, model: MFModel, loader: DataLoader, prompt_embeddings: torch.Tensor) -> dict:
+    """Mean BCE and accuracy (on decisive pairs) over the whole split, gathered from every process."""
+    model.eval()
+    losses, correct = [], []
+    for model_a, model_b, rows, target, _weight in loader:
+        logits = model(model_a, model_b, prompt_embeddings[rows]).float()
+        loss = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+        loss, logits, target = accelerator.gather_for_metrics((loss, logits, target))
+        losses.append(loss)
+        decisive = target != 0.5
+        correct.append(((logits > 0) == (target > 0.5))[decisive])
+    model.train()
+    all_losses, all_correct = torch.cat(losses), torch.cat(correct)
+    return {"loss": all_losses.mean().item(),
+            "accuracy": all_correct.float().mean().item() if len(all_correct) else float("nan"),
+            "pairs": int(all_losses.numel())}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    cfg = parse_recipe_args(MFConfig, argv, description=__doc__.splitlines()[0])
+
+    # ------------------------------------------------------------------------------------------------
+    # 2. accelerate, seeds, run directory, tracking
+    # ------------------------------------------------------------------------------------------------
+    run_dir = run_dir_for(cfg.run, RECIPE)
+    accelerator = build_accelerator(cfg.run, cfg.tracking, run_dir)
+    resume_from = checkpointing.resolve_resume(cfg.resume, run_dir)
+    resumed_state = checkpointing.TrainerState.read(resume_from) if resume_from else None
+    # One tracking run id per training run: a resumed run continues the one stored in its checkpoint.
+    run_id_box = [resumed_state.tracking_run_id if resumed_state and resumed_state.tracking_run_id else new_run_id()]
+    broadcast_object_list(run_id_box)
+    tracking_run_id = run_id_box[0]
+    resolved_config = config_to_dict(cfg)
+    tracking = start_tracking(accelerator, cfg.tracking, run_dir, cfg.run.name, tracking_run_id, resolved_config)
+    seed_for_model_init(cfg.run.seed)
+
+    # ------------------------------------------------------------------------------------------------
+    # 3. Data: pairs -> (model_a, model_b, prompt row, target, weight); prompt embeddings stay one matrix
+    # ------------------------------------------------------------------------------------------------
+    data = load_prepared(cfg.data.path)
+    for split in (cfg.data.train_split, cfg.data.eval_split):
+        if split and split not in data.pairs:
+            raise DataError(f"{data.path}: no pairs split '{split}' (has {', '.join(data.pairs)}); "
+                            f"set data.train_split / data.eval_split.")
+    prompt_row, prompt_embeddings = prompt_embedding_matrix(data)
+
+    # ------------------------------------------------------------------------------------------------
+    # 4. Model: the pool comes from the data (and, when extending a router, from that router first)
+    # ------------------------------------------------------------------------------------------------
+    if cfg.init.from_export:
+        model, base_pool = load_base_router(Path(cfg.init.from_export), data.encoder)
+        new_models = [m for m in data.models if m not in base_pool]
+        model_pool = base_pool + new_models
+        if new_models:
+            model = extend_model_pool(model, len(new_models))
+        if cfg.init.train_only_new_models and not new_models:
+            raise DataError(f"init.train_only_new_models: every model of {data.path} is already in the router's "
+                            f"pool; there is nothing new to train.")
+    else:
+        base_pool, model_pool = [], list(data.models)
+        model = MFModel(len(model_pool), int(data.encoder["dim"]), cfg.model.model_embedding_dim,
+                        cfg.model.use_projection)
+    if len(model_pool) < 2:
+        raise DataError(f"{data.path}: the model pool has {len(model_pool)} model(s); routing needs at least 2.")
+    num_frozen_models = len(base_pool) if cfg.init.train_only_new_models else 0
+    if num_frozen_models:
+        freeze_all_but_new_models(model, num_frozen_models)
+    model_index = {name: i for i, name in enumerate(model_pool)}
+
+    train_pairs = pairs_to_tensors(data.pairs[cfg.data.train_split], model_index, prompt_row, cfg.loss.ties,
+                                   cfg.loss.use_source_weights, where=f"{data.path} pairs/{cfg.data.train_split}")
+    if len(train_pairs) == 0:
+        raise DataError(f"{data.path}: no trainable pairs in split '{cfg.data.train_split}' "
+                        f"(dropped: {train_pairs.dropped}); check loss.ties and the data.")
+    eval_pairs = (pairs_to_tensors(data.pairs[cfg.data.eval_split], model_index, prompt_row, cfg.loss.ties,
+                                   cfg.loss.use_source_weights, where=f"{data.path} pairs/{cfg.data.eval_split}")
+                  if cfg.data.eval_split else None)
+    train_loader = build_train_loader(train_pairs.dataset(), cfg.run.micro_batch_size, cfg.run.seed)
+    eval_loader = (build_eval_loader(eval_pairs.dataset(), cfg.run.micro_batch_size)
+                   if eval_pairs is not None and len(eval_pairs) else None)
+
+    # ------------------------------------------------------------------------------------------------
+    # 5. Optimizer and LR schedule (in optimizer steps)
+    # ------------------------------------------------------------------------------------------------
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    # Frozen rows must get no weight decay from the optimizer: decay the new rows through the loss instead.
+    optimizer = build_optimizer(trainable, cfg.optim, weight_decay=0.0 if num_frozen_models else None)
+    seed_for_training(cfg.run.seed, accelerator)
+    model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
+    if eval_loader is not None:
+        eval_loader = accelerator.prepare(eval_loader)
+    prompt_embeddings = prompt_embeddings.to(accelerator.device)
+    batches_per_epoch = len(train_loader)  # per process
+    steps_per_epoch = math.ceil(batches_per_epoch / cfg.run.gradient_accumulation_steps)
+    total_optimizer_steps = cfg.run.epochs * steps_per_epoch
+    if cfg.run.max_optimizer_steps is not None:
+        total_optimizer_steps = min(total_optimizer_steps, cfg.run.max_optimizer_steps)
+    scheduler = accelerator.prepare(build_lr_scheduler(optimizer, cfg.optim, total_optimizer_steps))
+
+    # ------------------------------------------------------------------------------------------------
+    # 6. Resume: model, optimizer, scheduler, every process's RNG, dataloader position, step counters
+    # ------------------------------------------------------------------------------------------------
+    optimizer_step, epoch, batches_done = 0, 0, 0
+    if resume_from is not None:
+        checkpointing.check_resume_compatible(
+            resumed_state, recipe=RECIPE, world_size=accelerator.num_processes,
+            micro_batch_size=cfg.run.micro_batch_size, gradient_accumulation_steps=cfg.run.gradient_accumulation_steps,
+            data_fingerprint=data.fingerprint, where=resume_from)
+        state = checkpointing.load_checkpoint(accelerator, resume_from)
+        optimizer_step = state.optimizer_step
+        epoch, batches_done = normalize_position(state.epoch, state.batches_done_in_epoch, batches_per_epoch)
+        accelerator.print(f"resumed from {resume_from} (optimizer step {optimizer_step}, epoch {epoch}, "
+                          f"micro-batch {batches_done})")
+
+    # ------------------------------------------------------------------------------------------------
+    # 7. Training loop
+    # ------------------------------------------------------------------------------------------------
+    unwrapped = accelerator.unwrap_model(model)
+    progress = tqdm(total=total_optimizer_steps, initial=optimizer_step, desc="mf", unit="step",
+                    disable=not (accelerator.is_main_process and cfg.run.progress_bar))
+    window_loss, window_batches = torch.zeros((), device=accelerator.device), 0
+    last_train_loss, history = float("nan"), []
+    model.train()
+    while optimizer_step < total_optimizer_steps and epoch < cfg.run.epochs:
+        for model_a, model_b, rows, target, weight in batches_for_epoch(accelerator, train_loader, epoch,
+                                                                       batches_done):
+            with accelerator.accumulate(model):
+                logits = model(model_a, model_b, prompt_embeddings[rows], noise_std=cfg.model.prompt_noise_std)
+                per_pair = F.binary_cross_entropy_with_logits(logits.float(), target, reduction="none")
+                loss = (per_pair * weight).sum() / weight.sum()  # source-weighted mean
+                if num_frozen_models:
+                    loss = loss + new_model_l2_penalty(unwrapped, num_frozen_models, cfg.optim.weight_decay)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and cfg.optim.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(model.parameters(), cfg.optim.max_grad_norm)
+                optimizer.step()  # accelerate skips it until the last micro-batch of the accumulation
+                optimizer.zero_grad()
+            batches_done += 1
+            window_loss += loss.detach()
+            window_batches += 1
+            if not accelerator.sync_gradients:
+                continue
+            scheduler.step()
+            optimizer_step += 1
+            progress.update(1)
+
+            if optimizer_step % cfg.tracking.log_every_optimizer_steps == 0 or optimizer_step == total_optimizer_steps:
+                last_train_loss = accelerator.reduce(window_loss / window_batches, reduction="mean").item()
+                accelerator.log({"train/loss": last_train_loss, "train/lr": scheduler.get_last_lr()[0],
+                                 "train/epoch": epoch}, step=optimizer_step)
+                history.append({"optimizer_step": optimizer_step, "train_loss": last_train_loss})
+                progress.set_postfix(loss=f"{last_train_loss:.4f}")
+                window_loss, window_batches = torch.zeros((), device=accelerator.device), 0
+            if (eval_loader is not None and cfg.run.eval_every_optimizer_steps
+                    and optimizer_step % cfg.run.eval_every_optimizer_steps == 0):
+                metrics = evaluate(accelerator, unwrapped, eval_loader, prompt_embeddings)
+                accelerator.log({f"eval/{k}": v for k, v in metrics.items()}, step=optimizer_step)
+            if cfg.checkpoint.every_optimizer_steps and optimizer_step % cfg.checkpoint.every_optimizer_steps == 0:
+                checkpointing.save_checkpoint(accelerator, run_dir, checkpointing.TrainerState(
+                    recipe=RECIPE, optimizer_step=optimizer_step, epoch=epoch, batches_done_in_epoch=batches_done,
+                    world_size=accelerator.num_processes, micro_batch_size=cfg.run.micro_batch_size,
+                    gradient_accumulation_steps=cfg.run.gradient_accumulation_steps,
+                    data_fingerprint=data.fingerprint, tracking_run_id=tracking_run_id, seed=cfg.run.seed,
+                ), keep_last=cfg.checkpoint.keep_last)
+            faults.maybe_hang(run_dir, optimizer_step, accelerator.process_index)
+            if optimizer_step >= total_optimizer_steps:
+                break
+        epoch, batches_done = epoch + 1, 0
+    progress.close()
+
+    # ------------------------------------------------------------------------------------------------
+    # 8. Final evaluation, cross-process weight check, export (main process only)
+    # ------------------------------------------------------------------------------------------------
+    accelerator.wait_for_everyone()
+    final_eval = evaluate(accelerator, unwrapped, eval_loader, prompt_embeddings) if eval_loader is not None else {}
+    if final_eval:
+        accelerator.log({f"eval/{k}": v for k, v in final_eval.items()}, step=optimizer_step)
+    digests = parameter_digests(accelerator, model)
+    if len(set(digests)) != 1:
+        raise RuntimeError(f"processes ended with different weights (sha256 per process: {digests}); "
+                           f"data-parallel training went out of sync.")
+    export_dir = export_dir_for(cfg.run, cfg.export, RECIPE)
+    result = {"export_dir": str(export_dir), "run_dir": str(run_dir), "optimizer_steps": optimizer_step,
+              "tracking": tracking.to_dict(), "metrics": final_eval}
+    if accelerator.is_main_process:
+        model_config = {"router_type": RECIPE, "model_pool": model_pool, **unwrapped.config()}
+        manifest = build_manifest(
+            recipe=RECIPE, router_type=RECIPE, resolved_config=resolved_config, model_pool=model_pool,
+            encoder=data.encoder, repo_dir=REPO_DIR, tracking=tracking.to_dict(),
+            data={"path": str(data.path), "name": data.manifest.get("name"), "version": data.manifest.get("version"),
+                  "fingerprint": data.fingerprint, "train_pairs": len(train_pairs),
+                  "train_pairs_dropped": train_pairs.dropped,
+                  "eval_pairs": len(eval_pairs) if eval_pairs is not None else 0},
+            training={**world_description(accelerator), "optimizer_steps": optimizer_step,
+                      "total_optimizer_steps": total_optimizer_steps, "epochs": cfg.run.epochs,
+                      "resumed_from": str(resume_from) if resume_from else None,
+                      "base_router": cfg.init.from_export, "frozen_models": model_pool[:num_frozen_models],
+                      "param_sha256_per_process": digests, "loss_history": history},
+            metrics={"train_loss": last_train_loss, **{f"{cfg.data.eval_split}_{k}": v for k, v in final_eval.items()}},
+        )
+        export_router(export_dir, unwrapped.state_dict(), model_config, manifest)
+        print(f"checkpoint: {export_dir}")
+        print(f"step checkpoints: {run_dir}")
+        print(tracking.describe(), flush=True)
+    accelerator.end_training()
+    return result
+
+
+if __name__ == "__main__":
+    run_recipe(main)
