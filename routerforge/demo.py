@@ -1,18 +1,44 @@
-"""`make demo`: the main job end to end on the bundled real data.
+"""`make demo`: the main job end to end on the bundled real data, on CPU.
 
-Step 1 builds the demo dataset (configs/data/demo.yaml: Arena votes, arena-bench-v1 judge labels,
-RouteLLM MMLU/GSM8K gold labels; MT-Bench and held-out halves of MMLU/GSM8K kept for evaluation and
-decontaminated against) and prints its stats. Later steps (training, evaluation, export) join here as
-their recipes land.
+1. data prep (configs/data/demo.yaml): Arena votes, arena-bench-v1 judge labels, RouteLLM MMLU/GSM8K
+   gold labels; MT-Bench and held-out halves of MMLU/GSM8K kept for evaluation and decontaminated
+   against; prints the dataset stats.
+2. trains the routers on it, each with the same command a user runs (printed before it runs):
+   matrix factorization (RouteLLM) and the cluster router (UniRoute).
+
+Every step is resumable: re-running the demo reuses the dataset (same version) and the finished runs.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shlex
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 DEMO_DATA_CONFIG = Path("configs/data/demo.yaml")
+DEMO_DATA = "data/processed/demo"
+
+# (title, recipe script, config, overrides): the demo sizes of the recipes' default configs.
+TRAINING_STEPS = [
+    ("matrix factorization router (RouteLLM)", "training/train_mf.py", "configs/mf/default.yaml",
+     ["run.name=demo", "run.epochs=50", "resume=auto", "tracking.report_to=tensorboard"]),
+    ("cluster router (UniRoute)", "training/train_cluster.py", "configs/cluster/default.yaml",
+     # 8 clusters with a 5-outcome prior: the demo's validation split is small (see the config's comment)
+     ["run.name=demo", "clusters.num_clusters=8", "table.prior_pseudo_count=5", "tracking.report_to=tensorboard",
+      "costs.prices_file=data/prices/routerarena/model_cost/cost.json",
+      # RouterArena lists Mixtral as mistralai/mixtral-8x7b-instruct: its price under our model name
+      "costs.prices={mistralai/Mixtral-8x7B-Instruct-v0.1: "
+      "{input_usd_per_million_tokens: 0.6, output_usd_per_million_tokens: 0.6}}"]),
+]
+
+
+def _run(cmd: list[str]) -> None:
+    print("$ " + shlex.join(cmd), flush=True)
+    subprocess.run(cmd, check=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
 
 def run_demo() -> int:
@@ -21,12 +47,19 @@ def run_demo() -> int:
     from routerforge.data.config import PrepConfig
     from routerforge.data.pipeline import run_pipeline
 
-    t0 = time.perf_counter()
-    print("== 1. data prep: configs/data/demo.yaml ==", flush=True)
+    t_start = time.perf_counter()
+    print(f"== 1. data prep: routerforge prep --config {DEMO_DATA_CONFIG} ==", flush=True)
     cfg = load_config(PrepConfig, DEMO_DATA_CONFIG)
     path = run_pipeline(cfg)
     stats = json.loads((path / "stats.json").read_text())
     manifest = json.loads((path / "manifest.json").read_text())
     print(format_summary(manifest, stats))
-    print(f"dataset: {path}  ({time.perf_counter() - t0:.0f}s)")
+    print(f"dataset: {path}  ({time.perf_counter() - t_start:.0f}s)", flush=True)
+
+    for number, (title, script, config, overrides) in enumerate(TRAINING_STEPS, start=2):
+        t0 = time.perf_counter()
+        print(f"\n== {number}. train the {title} ==", flush=True)
+        _run([sys.executable, script, "--config", config, f"data.path={DEMO_DATA}", *overrides])
+        print(f"({time.perf_counter() - t0:.0f}s)", flush=True)
+    print(f"\ndemo finished in {time.perf_counter() - t_start:.0f}s")
     return 0
