@@ -27,6 +27,26 @@ from routerforge.errors import ConfigError
 T = TypeVar("T")
 
 
+class _YamlLoader(yaml.SafeLoader):
+    """YAML with 1.2 booleans (only true/false: `mixed_precision=no` stays the string "no") and
+    exponent floats without a dot (`lr=1e-5` is a float, as a user means it)."""
+
+
+_YamlLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_YamlLoader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                                  list("tTfF"))
+_YamlLoader.add_implicit_resolver("tag:yaml.org,2002:float",
+                                  re.compile(r"^[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)[eE][-+]?[0-9]+$"),
+                                  list("-+0123456789."))
+
+
+def parse_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_YamlLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def doc(help_text: str, **kwargs: Any) -> Any:
     """A dataclass field with a one-line help text (say the unit)."""
     return dataclasses.field(metadata={"help": help_text}, **kwargs)
@@ -131,7 +151,7 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}. Pass an existing YAML file with --config.")
         try:
-            from_file = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            from_file = parse_yaml(path.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
         if not isinstance(from_file, dict):
@@ -143,7 +163,7 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
         if not sep or not key:
             raise ConfigError(f"override '{override}' is not of the form key=value (e.g. optim.lr=3e-4).")
         try:
-            value = yaml.safe_load(raw_value) if raw_value.strip() else ""
+            value = parse_yaml(raw_value) if raw_value.strip() else ""
         except yaml.YAMLError:
             value = raw_value
         _set_dotted(data, key.strip(), value)

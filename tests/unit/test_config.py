@@ -60,3 +60,11 @@ def test_overrides_address_list_items_and_name_nested_typos():
         load_config(PrepConfig, None, base + ["sources.0.nme=1"])
     with pytest.raises(ConfigError, match=r"'sources.3' is not an item of a list of 1"):
         load_config(PrepConfig, None, base + ["sources.3.path=y"])
+
+
+def test_yaml_values_follow_yaml_1_2_booleans_and_exponent_floats():
+    from routerforge.config import parse_yaml
+
+    assert parse_yaml("no") == "no" and parse_yaml("off") == "off"  # e.g. run.mixed_precision=no
+    assert parse_yaml("true") is True and parse_yaml("False") is False
+    assert parse_yaml("1e-5") == 1e-5 and parse_yaml("3.0e-4") == 3e-4 and parse_yaml("12") == 12

@@ -1,0 +1,516 @@
+"""Train a BEST-Route-style multi-head difficulty router on a transformer encoder.
+
+    accelerate launch training/train_difficulty.py --config configs/difficulty/default.yaml [key=value ...]
+    accelerate launch training/train_difficulty.py --config configs/difficulty/deberta_v3_small.yaml   # Hub online
+    accelerate launch --config_file launch/accelerate/cpu_2proc.yaml training/train_difficulty.py --config configs/difficulty/tiny.yaml
+    accelerate launch --config_file launch/accelerate/single_gpu.yaml training/train_difficulty.py --config configs/difficulty/default.yaml
+    ... model.lora.enabled=true                       # LoRA adapters (PEFT) instead of full fine-tuning
+    ... resume=auto                                   # continue the run from its newest complete checkpoint
+
+Model (Ding et al. 2025, BEST-Route, arXiv 2506.22716; code microsoft/best-route-llm): an encoder reads the
+prompt; heads on its pooled state predict (a) for every candidate (model, best-of-n) the probability that its
+answer scores at least the reference model's answer minus `labels.tolerance` (soft labels, cross-entropy),
+(b) the prompt's difficulty (1 - mean score over the pool) and (c) per-model strengths whose differences give
+P(a beats b | prompt) from preference pairs. See routerforge/models/difficulty.py for the exact definitions.
+The model pool is the dataset's (its manifest's `models`); the reference model is `labels.reference_model`
+or, when null, the model with the highest mean score on the training outcomes. A head whose table (outcomes
+for a/b, pairs for c) is empty in the training split, or whose loss weight is 0, is not built.
+
+Reads top to bottom:
+  1. config   2. accelerate, seeds, run dir, tracking   3. data and backbone   4. model   5. optimizer + schedule
+  6. resume   7. training loop (log, evaluate, checkpoint)   8. final evaluation and export (main process)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import transformers
+from accelerate.utils import broadcast_object_list
+from tqdm.auto import tqdm
+
+from routerforge.config import config_to_dict, doc
+from routerforge.data.dataset_io import load_prepared, tree_sha256
+from routerforge.errors import DataError
+from routerforge.models.difficulty import (
+    POOLINGS,
+    ROUTER_TYPE,
+    DifficultyHeads,
+    DifficultyRouter,
+    HeadSpec,
+    LossWeights,
+    apply_lora,
+    difficulty_router_loss,
+    freeze_unused_parameters,
+    load_backbone,
+    pairwise_win_logits,
+    save_router,
+)
+from routerforge.models.difficulty_data import (
+    build_examples,
+    candidates_for,
+    choose_reference_model,
+    collate_examples,
+    outcome_samples,
+)
+from routerforge.train import checkpointing, faults
+from routerforge.train.accelerator_setup import (
+    build_accelerator,
+    seed_for_model_init,
+    seed_for_training,
+    world_description,
+)
+from routerforge.train.consistency import parameter_digests
+from routerforge.train.data_loading import (
+    batches_for_epoch,
+    build_eval_loader,
+    build_train_loader,
+    normalize_position,
+)
+from routerforge.train.entrypoint import run_recipe
+from routerforge.train.export import MANIFEST_FILE, build_manifest
+from routerforge.train.optimization import build_lr_scheduler, build_optimizer
+from routerforge.train.pair_data import TIE_RULES
+from routerforge.train.run_config import (
+    RESUME_HELP,
+    CheckpointConfig,
+    ExportConfig,
+    OptimConfig,
+    RunConfig,
+    TrackingConfig,
+    export_dir_for,
+    parse_recipe_args,
+    run_dir_for,
+)
+from routerforge.train.tracking import new_run_id, start_tracking
+
+RECIPE = "difficulty"
+REPO_DIR = Path(__file__).resolve().parents[1]
+
+
+# ----------------------------------------------------------------------------------------------------
+# 1. Config: shared blocks (run, optim, tracking, checkpoint, export) + this recipe's data/model/labels/loss
+# ----------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DifficultyDataConfig:
+    path: str = doc("prepared dataset: a version directory, or its parent holding LATEST (path)",
+                    default="data/processed/demo")
+    train_split: str = doc("split of the outcomes and pairs tables to train on", default="train")
+    eval_split: str = doc("split to evaluate on; empty string: none", default="validation")
+
+
+@dataclass(frozen=True)
+class DifficultyLoraConfig:
+    enabled: bool = doc("train LoRA adapters (PEFT) in the backbone instead of all its weights (bool)",
+                        default=False)
+    r: int = doc("LoRA rank (dimensions)", default=8)
+    alpha: float = doc("LoRA scaling alpha (unitless; the update is scaled by alpha / r)", default=16.0)
+    dropout: float = doc("dropout on the LoRA input (probability)", default=0.1)
+    target_modules: list[str] | None = doc("module names to adapt; null: the backbone family's attention "
+                                           "projections (deberta-v2: query_proj/key_proj/value_proj, "
+                                           "bert: query/key/value, ...)", default=None)
+
+    def __post_init__(self) -> None:
+        if self.r < 1:
+            raise ValueError(f"model.lora.r must be >= 1, got {self.r}")
+        if self.alpha <= 0:
+            raise ValueError(f"model.lora.alpha must be > 0, got {self.alpha}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"model.lora.dropout must be in [0, 1), got {self.dropout}")
+
+
+@dataclass(frozen=True)
+class DifficultyModelConfig:
+    backbone: str = doc("encoder: a Hub id (microsoft/deberta-v3-small), a local directory, "
+                        "packaged:all-MiniLM-L6-v2 (offline) or random-deberta:<tiny|deberta-v3-small>:<dir> "
+                        "(random init, built in-process on first use)", default="packaged:all-MiniLM-L6-v2")
+    pooling: str = doc("prompt vector: cls (first token, BEST-Route) or mean (masked mean, Sentence-BERT models)",
+                       default="mean")
+    max_seq_tokens: int = doc("prompts are truncated to this many tokens (tokens; BEST-Route: 128)", default=256)
+    head_dropout: float = doc("dropout before the heads (probability)", default=0.1)
+    lora: DifficultyLoraConfig = doc("LoRA fine-tuning", default_factory=DifficultyLoraConfig)
+
+    def __post_init__(self) -> None:
+        if not self.backbone:
+            raise ValueError("model.backbone must not be empty")
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"model.pooling must be one of {', '.join(POOLINGS)}, got '{self.pooling}'")
+        if self.max_seq_tokens < 2:
+            raise ValueError(f"model.max_seq_tokens must be >= 2, got {self.max_seq_tokens}")
+        if not 0.0 <= self.head_dropout < 1.0:
+            raise ValueError(f"model.head_dropout must be in [0, 1), got {self.head_dropout}")
+
+
+@dataclass(frozen=True)
+class DifficultyLabelConfig:
+    reference_model: str | None = doc("the reference model M_ref of the candidate labels; null: the model with "
+                                      "the highest mean score on the training outcomes", default=None)
+    tolerance: float = doc("t of P(score(candidate) >= score(reference) - t) (score units, scores are 0..1; "
+                           "BEST-Route's match_t)", default=0.0)
+    best_of_n: list[int] = doc("sample counts n of the candidates (model, n) (samples); n > 1 needs several "
+                               "outcome rows per (prompt, model)", default_factory=lambda: [1])
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.tolerance <= 1.0:
+            raise ValueError(f"labels.tolerance must be in [0, 1] (score units), got {self.tolerance}")
+        if not self.best_of_n or any(n < 1 for n in self.best_of_n) or len(set(self.best_of_n)) != len(self.best_of_n):
+            raise ValueError(f"labels.best_of_n must be distinct integers >= 1, got {list(self.best_of_n)}")
+
+
+@dataclass(frozen=True)
+class DifficultyLossConfig:
+    candidate_weight: float = doc("weight of the candidate heads' loss (unitless); 0: no candidate heads",
+                                  default=1.0)
+    difficulty_weight: float = doc("weight of the difficulty regression loss (unitless); 0: no difficulty head",
+                                   default=1.0)
+    win_weight: float = doc("weight of the pairwise win loss (unitless); 0: no win-probability heads", default=1.0)
+    ties: str = doc("tie rule for pairs: " + "; ".join(f"{k}: {v}" for k, v in TIE_RULES.items()), default="drop")
+    use_source_weights: bool = doc("weight each pair's loss by its `weight` column (the source's weight)",
+                                   default=True)
+
+    def __post_init__(self) -> None:
+        for name in ("candidate_weight", "difficulty_weight", "win_weight"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"loss.{name} must be >= 0, got {getattr(self, name)}")
+        if self.ties not in TIE_RULES:
+            raise ValueError(f"loss.ties must be one of {', '.join(TIE_RULES)}, got '{self.ties}'")
+
+
+@dataclass(frozen=True)
+class DifficultyConfig:
+    run: RunConfig = doc("run name, output dir, seed, length, batch geometry",
+                         default_factory=lambda: RunConfig(epochs=3, micro_batch_size=32))
+    data: DifficultyDataConfig = doc("prepared dataset", default_factory=DifficultyDataConfig)
+    model: DifficultyModelConfig = doc("backbone, pooling, heads, LoRA", default_factory=DifficultyModelConfig)
+    labels: DifficultyLabelConfig = doc("BEST-Route candidate labels", default_factory=DifficultyLabelConfig)
+    loss: DifficultyLossConfig = doc("loss weights and pair handling", default_factory=DifficultyLossConfig)
+    optim: OptimConfig = doc("optimizer (fine-tuning: AdamW, small lr, warmup)",
+                             default_factory=lambda: OptimConfig(name="adamw", lr=5e-5, weight_decay=0.01,
+                                                                 lr_schedule="linear"))
+    tracking: TrackingConfig = doc("W&B / TensorBoard", default_factory=TrackingConfig)
+    checkpoint: CheckpointConfig = doc("step checkpoints", default_factory=CheckpointConfig)
+    export: ExportConfig = doc("final export", default_factory=ExportConfig)
+    resume: str = doc(RESUME_HELP, default="never")
+
+
+def nonempty(tables, split: str):
+    table = tables[split] if split in tables else None
+    return table if table is not None and len(table) else None
+
+
+@torch.no_grad()
+def evaluate(accelerator, router: DifficultyRouter, loader) -> dict:
+    """Per-head losses and accuracies over the whole split, gathered from every process."""
+    router.eval()
+    per_prompt = []  # one row of sums per prompt
+    for batch in loader:
+        out = router(batch["input_ids"], batch["attention_mask"])
+        columns = []
+        if "candidate_logits" in out:
+            logits, labels, mask = out["candidate_logits"].float(), batch["candidate_labels"], batch["candidate_mask"]
+            bce = F.binary_cross_entropy_with_logits(logits, labels, reduction="none")
+            columns += [(bce * mask).sum(1), ((torch.sigmoid(logits) - labels).abs() * mask).sum(1), mask.sum(1)]
+        if "difficulty_logit" in out:
+            mask = batch["difficulty_mask"]
+            columns += [(torch.sigmoid(out["difficulty_logit"].float()) - batch["difficulty"]) ** 2 * mask, mask]
+        if "model_strengths" in out:
+            logits = pairwise_win_logits(out["model_strengths"].float(), batch["pair_model_a"], batch["pair_model_b"])
+            target, weight = batch["pair_target"], batch["pair_weight"]
+            bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+            decisive = ((target != 0.5) & (weight > 0)).float()
+            correct = ((logits > 0) == (target > 0.5)).float() * decisive
+            columns += [(bce * weight).sum(1), weight.sum(1), correct.sum(1), decisive.sum(1)]
+        # Per batch: gather_for_metrics drops the duplicates that pad the LAST batch of the split.
+        per_prompt.append(accelerator.gather_for_metrics(torch.stack(columns, dim=1)))
+    router.train()
+    sums = torch.cat(per_prompt).sum(0).tolist()
+    metrics: dict = {}
+    i = 0
+    if router.heads.candidates is not None:
+        metrics["candidates_loss"] = sums[0] / max(sums[2], 1.0)
+        metrics["candidates_mae"] = sums[1] / max(sums[2], 1.0)
+        metrics["candidate_labels"] = int(sums[2])
+        i = 3
+    if router.heads.difficulty is not None:
+        metrics["difficulty_mse"] = sums[i] / max(sums[i + 1], 1.0)
+        i += 2
+    if router.heads.win is not None:
+        metrics["win_loss"] = sums[i] / sums[i + 1] if sums[i + 1] else float("nan")
+        metrics["win_accuracy"] = sums[i + 2] / sums[i + 3] if sums[i + 3] else float("nan")
+        metrics["decisive_pairs"] = int(sums[i + 3])
+    return metrics
+
+
+def label_counts(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """How many labels of each head a batch holds (a batch may hold none of a head's)."""
+    return {"candidates": batch["candidate_mask"].sum(), "difficulty": batch["difficulty_mask"].sum(),
+            "win": batch["pair_weight"].gt(0).sum()}
+
+
+def export_difficulty_router(export_dir: Path, router: DifficultyRouter, tokenizer, router_config: dict,
+                             manifest: dict) -> Path:
+    """save_router + manifest.json (sha256 of every file), written to a temporary sibling and renamed into place."""
+    export_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = export_dir.with_name(f".tmp-{export_dir.name}-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        save_router(router, tokenizer, tmp, router_config)
+        manifest = {**manifest, "files": tree_sha256(tmp)}
+        (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        if export_dir.exists():
+            old = export_dir.with_name(f".old-{export_dir.name}-{os.getpid()}")
+            os.rename(export_dir, old)
+            os.rename(tmp, export_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, export_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return export_dir
+
+
+def main(argv: list[str] | None = None) -> dict:
+    cfg = parse_recipe_args(DifficultyConfig, argv, description=__doc__.splitlines()[0])
+
+    # ------------------------------------------------------------------------------------------------
+    # 2. accelerate, seeds, run directory, tracking
+    # ------------------------------------------------------------------------------------------------
+    run_dir = run_dir_for(cfg.run, RECIPE)
+    accelerator = build_accelerator(cfg.run, cfg.tracking, run_dir)
+    if not accelerator.is_main_process:
+        transformers.utils.logging.disable_progress_bar()
+    resume_from = checkpointing.resolve_resume(cfg.resume, run_dir)
+    resumed_state = checkpointing.TrainerState.read(resume_from) if resume_from else None
+    # One tracking run id per training run: a resumed run continues the one stored in its checkpoint.
+    run_id_box = [resumed_state.tracking_run_id if resumed_state and resumed_state.tracking_run_id else new_run_id()]
+    broadcast_object_list(run_id_box)
+    tracking_run_id = run_id_box[0]
+    resolved_config = config_to_dict(cfg)
+    tracking = start_tracking(accelerator, cfg.tracking, run_dir, cfg.run.name, tracking_run_id, resolved_config)
+    seed_for_model_init(cfg.run.seed)
+
+    # ------------------------------------------------------------------------------------------------
+    # 3. Data and backbone: outcomes feed heads (a) and (b), pairs feed heads (c); prompts are tokenized here
+    # ------------------------------------------------------------------------------------------------
+    data = load_prepared(cfg.data.path)
+    for split in (cfg.data.train_split, cfg.data.eval_split):
+        if split and split not in data.outcomes and split not in data.pairs:
+            raise DataError(f"{data.path}: no split '{split}' (has {', '.join(data.outcomes)}); "
+                            f"set data.train_split / data.eval_split.")
+    train_outcomes = nonempty(data.outcomes, cfg.data.train_split)
+    train_pairs = nonempty(data.pairs, cfg.data.train_split)
+    use_candidates = train_outcomes is not None and cfg.loss.candidate_weight > 0
+    use_difficulty = train_outcomes is not None and cfg.loss.difficulty_weight > 0
+    use_win = train_pairs is not None and cfg.loss.win_weight > 0
+    if not (use_candidates or use_difficulty or use_win):
+        raise DataError(f"{data.path}: nothing to train in split '{cfg.data.train_split}': the candidate and "
+                        f"difficulty heads need outcomes, the win heads need pairs (or their loss weights are 0).")
+    model_pool = list(data.models)
+    model_index = {name: i for i, name in enumerate(model_pool)}
+    reference, candidates = None, []
+    if use_candidates:
+        _, train_samples = outcome_samples(train_outcomes)
+        where = f"{data.path} outcomes/{cfg.data.train_split}"
+        reference = choose_reference_model(train_samples, model_pool, cfg.labels.reference_model, where)
+        candidates = candidates_for(model_pool, train_samples, reference, list(cfg.labels.best_of_n))
+        if not candidates:
+            raise DataError(f"{where}: only the reference model '{reference}' has outcomes; the candidate heads need "
+                            f"another model, or labels.best_of_n with n > 1.")
+
+    with accelerator.main_process_first():  # a random-deberta backbone is built once, by the main process
+        backbone, tokenizer, backbone_info = load_backbone(cfg.model.backbone)
+    if tokenizer.pad_token_id is None:
+        raise DataError(f"model.backbone '{cfg.model.backbone}': its tokenizer has no padding token.")
+
+    def examples(split: str):
+        return build_examples(
+            nonempty(data.outcomes, split) if (use_candidates or use_difficulty) else None,
+            nonempty(data.pairs, split) if use_win else None,
+            tokenizer=tokenizer, max_seq_tokens=cfg.model.max_seq_tokens, model_index=model_index,
+            candidates=candidates, reference=reference, tolerance=cfg.labels.tolerance, ties=cfg.loss.ties,
+            use_source_weights=cfg.loss.use_source_weights, where=f"{data.path} pairs/{split}")
+
+    train_examples = examples(cfg.data.train_split)
+    for name, count in train_examples.stats["candidate_labels"].items():
+        if count == 0:
+            raise DataError(f"{data.path}: candidate {name} has no label in split '{cfg.data.train_split}' (dropped: "
+                            f"{train_examples.stats['candidate_labels_dropped']}); check labels.best_of_n.")
+    eval_examples = examples(cfg.data.eval_split) if cfg.data.eval_split else None
+    collate = collate_examples(tokenizer.pad_token_id)
+    train_loader = build_train_loader(train_examples, cfg.run.micro_batch_size, cfg.run.seed, collate_fn=collate)
+    eval_loader = (build_eval_loader(eval_examples, cfg.run.micro_batch_size, collate_fn=collate)
+                   if eval_examples is not None and len(eval_examples) else None)
+
+    # ------------------------------------------------------------------------------------------------
+    # 4. Model: backbone (+ LoRA) -> pooling -> heads sized by the data
+    # ------------------------------------------------------------------------------------------------
+    head_spec = HeadSpec(hidden_size=int(backbone.config.hidden_size), num_candidates=len(candidates),
+                         difficulty=use_difficulty, num_models=len(model_pool) if use_win else 0,
+                         dropout=cfg.model.head_dropout)
+    lora = cfg.model.lora
+    if lora.enabled:
+        backbone = apply_lora(backbone, backbone_info.model_type, lora.r, lora.alpha, lora.dropout,
+                              lora.target_modules)
+    router = DifficultyRouter(backbone, DifficultyHeads(head_spec), cfg.model.pooling)
+    frozen_unused = freeze_unused_parameters(router, collate([train_examples[i] for i in range(
+        min(2, len(train_examples)))]))
+    loss_weights = LossWeights(cfg.loss.candidate_weight, cfg.loss.difficulty_weight, cfg.loss.win_weight)
+
+    # ------------------------------------------------------------------------------------------------
+    # 5. Optimizer and LR schedule (in optimizer steps)
+    # ------------------------------------------------------------------------------------------------
+    trainable = [p for p in router.parameters() if p.requires_grad]
+    optimizer = build_optimizer(trainable, cfg.optim)
+    seed_for_training(cfg.run.seed, accelerator)
+    router, optimizer, train_loader = accelerator.prepare(router, optimizer, train_loader)
+    if eval_loader is not None:
+        eval_loader = accelerator.prepare(eval_loader)
+    batches_per_epoch = len(train_loader)  # per process
+    steps_per_epoch = math.ceil(batches_per_epoch / cfg.run.gradient_accumulation_steps)
+    total_optimizer_steps = cfg.run.epochs * steps_per_epoch
+    if cfg.run.max_optimizer_steps is not None:
+        total_optimizer_steps = min(total_optimizer_steps, cfg.run.max_optimizer_steps)
+    scheduler = accelerator.prepare(build_lr_scheduler(optimizer, cfg.optim, total_optimizer_steps))
+
+    # ------------------------------------------------------------------------------------------------
+    # 6. Resume: model, optimizer, scheduler, every process's RNG, dataloader position, step counters
+    # ------------------------------------------------------------------------------------------------
+    optimizer_step, epoch, batches_done = 0, 0, 0
+    if resume_from is not None:
+        checkpointing.check_resume_compatible(
+            resumed_state, recipe=RECIPE, world_size=accelerator.num_processes,
+            micro_batch_size=cfg.run.micro_batch_size, gradient_accumulation_steps=cfg.run.gradient_accumulation_steps,
+            data_fingerprint=data.fingerprint, where=resume_from)
+        state = checkpointing.load_checkpoint(accelerator, resume_from)
+        optimizer_step = state.optimizer_step
+        epoch, batches_done = normalize_position(state.epoch, state.batches_done_in_epoch, batches_per_epoch)
+        accelerator.print(f"resumed from {resume_from} (optimizer step {optimizer_step}, epoch {epoch}, "
+                          f"micro-batch {batches_done})")
+
+    # ------------------------------------------------------------------------------------------------
+    # 7. Training loop
+    # ------------------------------------------------------------------------------------------------
+    unwrapped = accelerator.unwrap_model(router)
+    progress = tqdm(total=total_optimizer_steps, initial=optimizer_step, desc=RECIPE, unit="step",
+                    disable=not (accelerator.is_main_process and cfg.run.progress_bar))
+    window_loss, window_batches = torch.zeros((), device=accelerator.device), 0
+    window_parts: dict[str, tuple] = {}  # head -> (sum of batch losses, batches with its labels)
+    last_train_loss, history = float("nan"), []
+    samples_seen, loop_started = 0, time.perf_counter()
+    router.train()
+    while optimizer_step < total_optimizer_steps and epoch < cfg.run.epochs:
+        for batch in batches_for_epoch(accelerator, train_loader, epoch, batches_done):
+            with accelerator.accumulate(router):
+                outputs = router(batch["input_ids"], batch["attention_mask"])
+                loss, parts = difficulty_router_loss(outputs, batch, loss_weights)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and cfg.optim.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(router.parameters(), cfg.optim.max_grad_norm)
+                optimizer.step()  # accelerate skips it until the last micro-batch of the accumulation
+                optimizer.zero_grad()
+            batches_done += 1
+            samples_seen += int(batch["input_ids"].shape[0])
+            window_loss += loss.detach()
+            for name, value in parts.items():  # a head's loss is averaged over the batches that hold its labels
+                total, count = window_parts.get(name, (0.0, 0.0))
+                window_parts[name] = (total + value, count + (label_counts(batch)[name] > 0).float())  # no host sync
+            window_batches += 1
+            if not accelerator.sync_gradients:
+                continue
+            scheduler.step()
+            optimizer_step += 1
+            progress.update(1)
+
+            if optimizer_step % cfg.tracking.log_every_optimizer_steps == 0 or optimizer_step == total_optimizer_steps:
+                last_train_loss = accelerator.reduce(window_loss / window_batches, reduction="mean").item()
+                part_means = {}
+                for name, (total, count) in window_parts.items():
+                    sums = accelerator.reduce(torch.stack([total, count]).float(), reduction="sum")
+                    if sums[1] > 0:  # no batch of the window held this head's labels: nothing to log
+                        part_means[f"train/{name}_loss"] = (sums[0] / sums[1]).item()
+                accelerator.log({"train/loss": last_train_loss, "train/lr": scheduler.get_last_lr()[0],
+                                 "train/epoch": epoch, **part_means}, step=optimizer_step)
+                history.append({"optimizer_step": optimizer_step, "train_loss": last_train_loss,
+                                **{k.split("/", 1)[1]: v for k, v in part_means.items()}})
+                progress.set_postfix(loss=f"{last_train_loss:.4f}")
+                window_loss, window_batches, window_parts = torch.zeros((), device=accelerator.device), 0, {}
+            if (eval_loader is not None and cfg.run.eval_every_optimizer_steps
+                    and optimizer_step % cfg.run.eval_every_optimizer_steps == 0):
+                metrics = evaluate(accelerator, unwrapped, eval_loader)
+                accelerator.log({f"eval/{k}": v for k, v in metrics.items()}, step=optimizer_step)
+            if cfg.checkpoint.every_optimizer_steps and optimizer_step % cfg.checkpoint.every_optimizer_steps == 0:
+                checkpointing.save_checkpoint(accelerator, run_dir, checkpointing.TrainerState(
+                    recipe=RECIPE, optimizer_step=optimizer_step, epoch=epoch, batches_done_in_epoch=batches_done,
+                    world_size=accelerator.num_processes, micro_batch_size=cfg.run.micro_batch_size,
+                    gradient_accumulation_steps=cfg.run.gradient_accumulation_steps,
+                    data_fingerprint=data.fingerprint, tracking_run_id=tracking_run_id, seed=cfg.run.seed,
+                ), keep_last=cfg.checkpoint.keep_last)
+            faults.maybe_hang(run_dir, optimizer_step, accelerator.process_index)
+            if optimizer_step >= total_optimizer_steps:
+                break
+        epoch, batches_done = epoch + 1, 0
+    progress.close()
+    loop_seconds = time.perf_counter() - loop_started
+    total_samples = int(accelerator.reduce(torch.tensor(samples_seen, device=accelerator.device),
+                                           reduction="sum").item())
+
+    # ------------------------------------------------------------------------------------------------
+    # 8. Final evaluation, cross-process weight check, export (main process only)
+    # ------------------------------------------------------------------------------------------------
+    accelerator.wait_for_everyone()
+    final_eval = evaluate(accelerator, unwrapped, eval_loader) if eval_loader is not None else {}
+    if final_eval:
+        accelerator.log({f"eval/{k}": v for k, v in final_eval.items()}, step=optimizer_step)
+    digests = parameter_digests(accelerator, router)
+    if len(set(digests)) != 1:
+        raise RuntimeError(f"processes ended with different weights (sha256 per process: {digests}); "
+                           f"data-parallel training went out of sync.")
+    export_dir = export_dir_for(cfg.run, cfg.export, RECIPE)
+    throughput = {"train_samples": total_samples, "train_loop_seconds": loop_seconds,
+                  "train_samples_per_second": total_samples / loop_seconds if loop_seconds > 0 else float("nan")}
+    result = {"export_dir": str(export_dir), "run_dir": str(run_dir), "optimizer_steps": optimizer_step,
+              "tracking": tracking.to_dict(), "metrics": final_eval, "throughput": throughput}
+    if accelerator.is_main_process:
+        router_config = {
+            "router_type": ROUTER_TYPE, "model_pool": model_pool, "heads": head_spec.to_dict(),
+            "candidates": [c.to_dict() for c in candidates], "reference_model": reference,
+            "tolerance": cfg.labels.tolerance, "pooling": cfg.model.pooling, "max_seq_tokens": cfg.model.max_seq_tokens,
+            "backbone": backbone_info.to_dict(),
+            "lora": {"r": lora.r, "alpha": lora.alpha, "merged_into_backbone": True} if lora.enabled else None,
+            "difficulty_target": "1 - mean over models of the model's mean score on the prompt",
+            "win_probability": "sigmoid(strength[a] - strength[b]) (Bradley-Terry on the prompt)",
+        }
+        manifest = build_manifest(
+            recipe=RECIPE, router_type=ROUTER_TYPE, resolved_config=resolved_config, model_pool=model_pool,
+            encoder=backbone_info.to_dict(), repo_dir=REPO_DIR, tracking=tracking.to_dict(),
+            data={"path": str(data.path), "name": data.manifest.get("name"), "version": data.manifest.get("version"),
+                  "fingerprint": data.fingerprint, "train": train_examples.stats,
+                  "eval": eval_examples.stats if eval_examples is not None else None},
+            training={**world_description(accelerator), "optimizer_steps": optimizer_step,
+                      "total_optimizer_steps": total_optimizer_steps, "epochs": cfg.run.epochs,
+                      "resumed_from": str(resume_from) if resume_from else None,
+                      "trainable_parameters": sum(p.numel() for p in unwrapped.parameters() if p.requires_grad),
+                      "frozen_unused_parameters": frozen_unused, "param_sha256_per_process": digests,
+                      "loss_history": history, **throughput},
+            metrics={"train_loss": last_train_loss, **{f"{cfg.data.eval_split}_{k}": v for k, v in final_eval.items()}},
+        )
+        export_difficulty_router(export_dir, unwrapped, tokenizer, router_config, manifest)
+        print(f"checkpoint: {export_dir}")
+        print(f"step checkpoints: {run_dir}")
+        print(tracking.describe(), flush=True)
+    accelerator.end_training()
+    return result
+
+
+if __name__ == "__main__":
+    run_recipe(main)
