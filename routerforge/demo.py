@@ -4,7 +4,7 @@
    gold labels; MT-Bench and held-out halves of MMLU/GSM8K kept for evaluation and decontaminated
    against; prints the dataset stats.
 2. trains the routers on it, each with the same command a user runs (printed before it runs):
-   matrix factorization (RouteLLM) and the cluster router (UniRoute).
+   matrix factorization (RouteLLM), the BEST-Route difficulty router and the cluster router (UniRoute).
 
 Every step is resumable: re-running the demo reuses the dataset (same version) and the finished runs.
 """
@@ -26,6 +26,12 @@ DEMO_DATA = "data/processed/demo"
 TRAINING_STEPS = [
     ("matrix factorization router (RouteLLM)", "training/train_mf.py", "configs/mf/default.yaml",
      ["run.name=demo", "run.epochs=50", "resume=auto", "tracking.report_to=tensorboard"]),
+    ("difficulty router (BEST-Route heads on the packaged all-MiniLM-L6-v2)", "training/train_difficulty.py",
+     "configs/difficulty/default.yaml",
+     # CPU-sized: 40 optimizer steps of 16 prompts at <= 128 tokens (~1.5 min on 2 quiet cores)
+     ["run.name=demo", "run.max_optimizer_steps=40", "run.micro_batch_size=16", "model.max_seq_tokens=128",
+      "optim.warmup_optimizer_steps=8", "run.eval_every_optimizer_steps=0", "resume=auto",
+      "tracking.report_to=tensorboard"]),
     ("cluster router (UniRoute)", "training/train_cluster.py", "configs/cluster/default.yaml",
      # 8 clusters with a 5-outcome prior: the demo's validation split is small (see the config's comment)
      ["run.name=demo", "clusters.num_clusters=8", "table.prior_pseudo_count=5", "tracking.report_to=tensorboard",
