@@ -4,7 +4,9 @@
    gold labels; MT-Bench and held-out halves of MMLU/GSM8K kept for evaluation and decontaminated
    against; prints the dataset stats.
 2. trains the routers on it, each with the same command a user runs (printed before it runs):
-   matrix factorization (RouteLLM), the BEST-Route difficulty router and the cluster router (UniRoute).
+   matrix factorization (RouteLLM), the BEST-Route difficulty router, the cluster router (UniRoute)
+   and a probe router (P(weak model correct) from hidden states; offline the packaged MiniLM encoder
+   stands in for the weak model's own states).
 
 Every step is resumable: re-running the demo reuses the dataset (same version) and the finished runs.
 """
@@ -22,23 +24,31 @@ from pathlib import Path
 DEMO_DATA_CONFIG = Path("configs/data/demo.yaml")
 DEMO_DATA = "data/processed/demo"
 
-# (title, recipe script, config, overrides): the demo sizes of the recipes' default configs.
+# (title, script, config, overrides): the demo sizes of the recipes' default configs.
 TRAINING_STEPS = [
-    ("matrix factorization router (RouteLLM)", "training/train_mf.py", "configs/mf/default.yaml",
+    ("train the matrix factorization router (RouteLLM)", "training/train_mf.py", "configs/mf/default.yaml",
      ["run.name=demo", "run.epochs=50", "resume=auto", "tracking.report_to=tensorboard"]),
-    ("difficulty router (BEST-Route heads on the packaged all-MiniLM-L6-v2)", "training/train_difficulty.py",
+    ("train the difficulty router (BEST-Route heads on the packaged all-MiniLM-L6-v2)", "training/train_difficulty.py",
      "configs/difficulty/default.yaml",
      # CPU-sized: 40 optimizer steps of 16 prompts at <= 128 tokens (~1.5 min on 2 quiet cores)
      ["run.name=demo", "run.max_optimizer_steps=40", "run.micro_batch_size=16", "model.max_seq_tokens=128",
       "optim.warmup_optimizer_steps=8", "run.eval_every_optimizer_steps=0", "resume=auto",
       "tracking.report_to=tensorboard"]),
-    ("cluster router (UniRoute)", "training/train_cluster.py", "configs/cluster/default.yaml",
+    ("train the cluster router (UniRoute)", "training/train_cluster.py", "configs/cluster/default.yaml",
      # 8 clusters with a 5-outcome prior: the demo's validation split is small (see the config's comment)
      ["run.name=demo", "clusters.num_clusters=8", "table.prior_pseudo_count=5", "tracking.report_to=tensorboard",
       "costs.prices_file=data/prices/routerarena/model_cost/cost.json",
       # RouterArena lists Mixtral as mistralai/mixtral-8x7b-instruct: its price under our model name
       "costs.prices={mistralai/Mixtral-8x7B-Instruct-v0.1: "
       "{input_usd_per_million_tokens: 0.6, output_usd_per_million_tokens: 0.6}}"]),
+    # Probe: the packaged MiniLM encoder STANDS IN for Mixtral's own hidden states (offline, no causal LM);
+    # P(Mixtral correct) on RouteLLM MMLU, reported on the held-out eval/mmlu set against the baselines.
+    ("hidden states for the probe (MiniLM stand-in for the weak model)", "data_prep/hidden_states.py",
+     "configs/probe/default.yaml", [f"features.dataset={DEMO_DATA}", "features.eval_sets=[mmlu]"]),
+    ("train the probe router (P(weak model correct), MiniLM stand-in)", "training/train_probe.py",
+     "configs/probe/default.yaml",
+     [f"features.dataset={DEMO_DATA}", "features.eval_sets=[mmlu]", "data.report_sets=[eval/mmlu]",
+      "run.name=demo", "resume=auto", "tracking.report_to=tensorboard"]),
 ]
 
 
@@ -64,8 +74,9 @@ def run_demo() -> int:
 
     for number, (title, script, config, overrides) in enumerate(TRAINING_STEPS, start=2):
         t0 = time.perf_counter()
-        print(f"\n== {number}. train the {title} ==", flush=True)
-        _run([sys.executable, script, "--config", config, f"data.path={DEMO_DATA}", *overrides])
+        print(f"\n== {number}. {title} ==", flush=True)
+        data_arg = [] if any(o.startswith("features.dataset=") for o in overrides) else [f"data.path={DEMO_DATA}"]
+        _run([sys.executable, script, "--config", config, *data_arg, *overrides])
         print(f"({time.perf_counter() - t0:.0f}s)", flush=True)
     print(f"\ndemo finished in {time.perf_counter() - t_start:.0f}s")
     return 0
