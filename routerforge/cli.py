@@ -2,6 +2,10 @@
 
     routerforge prep --config configs/data/demo.yaml [--stage STAGE] [--strict] [--force] [key=value ...]
     routerforge demo
+    routerforge eval CHECKPOINT --outcomes FILE [--strong NAME --weak NAME] [--router-pair S W] [--json OUT] [--plot OUT.png]
+    routerforge calibrate CHECKPOINT --prompts FILE --strong-share 0.2 0.5 ...
+    routerforge route CHECKPOINT "prompt" [...]
+    routerforge list [ROOT] [--router NAME] [--verify]
     routerforge publish CHECKPOINT --repo ORG/NAME [--force] [--private] [--branch B]
 
 Errors caused by user input (`RouterForgeError`) print one line and exit 2; anything else is a bug
@@ -98,7 +102,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Subcommands that own their argument parsing; `routerforge X ...` hands everything after X to them.
-DELEGATED = {"publish": "routerforge.registry.publish:publish_main"}
+DELEGATED = {
+    "publish": "routerforge.registry.publish:publish_main",
+    "eval": "routerforge.eval.cli:eval_main",
+    "calibrate": "routerforge.eval.cli:calibrate_main",
+    "route": "routerforge.eval.cli:route_main",
+    "list": "routerforge.eval.cli:list_main",
+}
 
 
 def main(argv: list[str] | None = None) -> int:

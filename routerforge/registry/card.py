@@ -1,0 +1,121 @@
+"""The model card (README.md) of a registry checkpoint, rendered from its manifest and calibration.
+
+The card is a pure function of manifest.json and calibration.json, so it is re-rendered whenever either
+changes (export, `routerforge calibrate`, `routerforge eval --save`) and never drifts from them. Its YAML front
+matter is the Hugging Face model-card metadata (https://huggingface.co/docs/hub/model-cards#model-card-metadata):
+`library_name`, `tags`, `datasets` (the training dataset's name), `metrics` (the metrics reported below).
+"""
+
+from __future__ import annotations
+
+import math
+
+import yaml
+
+FAMILY_TEXT = {
+    "mf": ("RouteLLM matrix-factorization router (Ong et al. 2024, arXiv 2406.18665): a bilinear score of each "
+           "model on the prompt's embedding, trained on pairwise preferences."),
+    "cluster": ("UniRoute cluster router (Jitkrittum et al. 2025, arXiv 2502.08773): k-means clusters of prompt "
+                "embeddings and a per-cluster quality/cost table per model."),
+    "difficulty": ("BEST-Route-style multi-head router (Ding et al. 2025, arXiv 2506.22716) on a transformer "
+                   "encoder: candidate-match, difficulty and win-probability heads."),
+}
+_MAX_DATA_ROWS = 20
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else f"{value:.4g}"
+    return str(value)
+
+
+def _scalars(block: dict) -> list[tuple[str, object]]:
+    return [(k, v) for k, v in sorted(block.items()) if isinstance(v, (int, float, str, bool))]
+
+
+def card_metadata(manifest: dict) -> dict:
+    """The Hub metadata of the card's front matter."""
+    router_type = manifest.get("router_type", "router")
+    tags = ["routerforge", "llm-routing", "router", str(router_type)]
+    data_name = (manifest.get("data") or {}).get("name")
+    metrics = sorted({key for ev in (manifest.get("evaluations") or {}).values() for key in ev.get("metrics", {})})
+    meta: dict = {"library_name": "routerforge", "tags": tags}
+    if data_name:
+        meta["datasets"] = [str(data_name)]
+    if metrics:
+        meta["metrics"] = metrics
+    return meta
+
+
+def render_card(manifest: dict, calibration: dict) -> str:
+    """README.md text: front matter, what the router is, pool, encoder, data, metrics, calibration, use."""
+    name = manifest.get("router", manifest.get("recipe", "router"))
+    version = manifest.get("version", "unversioned")
+    router_type = manifest.get("router_type", "?")
+    git = manifest.get("git") or {}
+    lines = ["---", yaml.safe_dump(card_metadata(manifest), sort_keys=False).strip(), "---", "",
+             f"# {name} {version}", "", FAMILY_TEXT.get(router_type, f"A `{router_type}` router."), "",
+             f"- recipe: `{manifest.get('recipe')}`; created {manifest.get('created_at', '?')}",
+             f"- code: git {git.get('sha') or 'unknown'}{' (uncommitted changes)' if git.get('dirty') else ''}",
+             f"- libraries: {', '.join(f'{k} {v}' for k, v in (manifest.get('libraries') or {}).items() if v)}", "",
+             "## Model pool", "", "| # | model | price in / out (USD per 1M tokens) |", "|---|---|---|"]
+    prices = manifest.get("model_prices_usd_per_million_tokens") or {}
+    for i, model in enumerate(manifest.get("model_pool", [])):
+        price = prices.get(model)
+        shown = f"{price['input']:g} / {price['output']:g}" if price else "not recorded"
+        lines.append(f"| {i} | {model} | {shown} |")
+    encoder = manifest.get("encoder") or {}
+    lines += ["", "## Encoder", "",
+              f"`{encoder.get('id') or encoder.get('name')}` revision `{encoder.get('revision')}`"
+              + (f", settings `{encoder['settings']}`" if encoder.get("settings") else "")
+              + (f", {encoder['dim']} dimensions" if encoder.get("dim") else "") + ". Loading refuses another "
+              "encoder (id, revision or settings), since other vectors give silently wrong routes.", "",
+              "## Training data", ""]
+    data = manifest.get("data") or {}
+    rows = _scalars(data)[:_MAX_DATA_ROWS]
+    lines += [f"- {k}: {_fmt(v)}" for k, v in rows] or ["- (not recorded)"]
+    training = _scalars(manifest.get("training") or {})[:_MAX_DATA_ROWS]
+    if training:
+        lines += ["", "## Training", ""] + [f"- {k}: {_fmt(v)}" for k, v in training]
+    metrics = _scalars(manifest.get("metrics") or {})
+    lines += ["", "## Metrics", ""] + ([f"- {k}: {_fmt(v)}" for k, v in metrics] or ["- (none recorded)"])
+    gate = (manifest.get("metrics") or {}).get("gate")
+    if isinstance(gate, dict):
+        lines.append(f"- promotion gate: {gate.get('metric')} on '{gate.get('set')}' = {_fmt(gate.get('value'))}")
+    for set_name, ev in sorted((manifest.get("evaluations") or {}).items()):
+        shown = ", ".join(f"{k} {_fmt(v)}" for k, v in ev.get("metrics", {}).items())
+        lines.append(f"- `{set_name}` ({ev.get('kind')}, n={ev.get('n')}): {shown} ([report]({ev.get('report')}))")
+    lines += ["", "## Calibration", ""]
+    entries = calibration.get("calibrations", [])
+    if not entries:
+        lines.append("Not calibrated. Run `routerforge calibrate CHECKPOINT --prompts YOUR_PROMPTS --strong-share "
+                     "0.2 0.5` on your own traffic before routing by share.")
+    for entry in entries:
+        data_info = entry.get("data", {})
+        lines += [f"{entry['strong']} over {entry['weak']} ({entry['score']['rule']}), on "
+                  f"{data_info.get('calibration_prompts')} prompts (fingerprint "
+                  f"`{str(data_info.get('prompts_fingerprint'))[:16]}`), {data_info.get('holdout_prompts')} held out:",
+                  "", "| strong share | threshold | held-out share |", "|---|---|---|"]
+        for row in entry["thresholds"]:
+            held = "-" if row.get("holdout_share") is None else f"{row['holdout_share']:.3f}"
+            lines.append(f"| {row['strong_share']:g} | {row['threshold']:.6g} | {held} |")
+        lines.append("")
+    lines += ["", "## Use", "", "```python", "from routerforge.router import Router",
+              f"router = Router.from_pretrained(\"<this directory or ORG/NAME>\", revision=\"v{version}\")",
+              "router.route([\"Prove that sqrt(2) is irrational.\"], strong_share=0.2)",
+              "```", "", "```", "routerforge route CHECKPOINT \"your prompt\"",
+              "routerforge eval CHECKPOINT --outcomes outcomes.jsonl --strong STRONG --weak WEAK", "```", "",
+              "## Intended use", "",
+              "Choose, per prompt, which model of the pool answers it, trading answer quality for cost: send the "
+              "prompts that need a strong model to it and the rest to a cheaper one. The scores rank prompts; "
+              "calibrate the threshold on your own traffic so the share sent to the strong model is the one you "
+              "budget for.", "",
+              "## Limitations", "",
+              "- The router learned from the training data above; its ranking degrades on prompts unlike them "
+              "(other languages, domains or prompt lengths). Evaluate on your own outcomes with `routerforge eval`.",
+              "- Model names are the pool above. For other models, map them to pool members (`--router-pair`), "
+              "which assumes the new pair differs the way the trained pair did.",
+              "- Thresholds calibrated on one traffic mix route a different share on another; re-calibrate when "
+              "your traffic changes.",
+              "- Costs and prices are the ones recorded at training time; provider prices change.", ""]
+    return "\n".join(lines)
