@@ -38,7 +38,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate.utils import broadcast_object_list
-from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from routerforge.config import config_to_dict, doc
@@ -60,7 +59,13 @@ from routerforge.models.cluster import (
 from routerforge.train.accelerator_setup import build_accelerator, seed_for_model_init, world_description
 from routerforge.train.consistency import parameter_digests
 from routerforge.train.entrypoint import run_recipe
-from routerforge.train.export import CONFIG_FILE, MANIFEST_FILE, WEIGHTS_FILE, build_manifest, export_router
+from routerforge.train.export import (
+    CONFIG_FILE,
+    MANIFEST_FILE,
+    build_manifest,
+    export_router,
+    load_export_weights,
+)
 from routerforge.train.run_config import (
     ExportConfig,
     RunConfig,
@@ -325,7 +330,7 @@ def load_base_router(export_dir: Path, encoder: dict) -> tuple[ClusterRouter, li
         raise DataError(f"init.from_export={export_dir}: router clusters {base_encoder.get('id')} embeddings "
                         f"(dim {base_encoder.get('dim')}) but the data uses {encoder.get('id')} (dim "
                         f"{encoder.get('dim')}); re-embed the data with the router's encoder.")
-    router = ClusterRouter.from_state_dict(load_file(str(export_dir / WEIGHTS_FILE)))
+    router = ClusterRouter.from_state_dict(load_export_weights(export_dir))  # safetensors only, sha256 checked
     return router, list(config["model_pool"]), manifest
 
 

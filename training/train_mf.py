@@ -14,12 +14,17 @@ Model (Ong et al. 2024, RouteLLM, section 4.1): δ(m, q) = w · (v_m/‖v_m‖ �
 Reads top to bottom:
   1. config   2. accelerate, seeds, run dir, tracking   3. data   4. model   5. optimizer + schedule
   6. resume   7. training loop (log, evaluate, checkpoint)   8. final evaluation and export (main process)
+
+Exit status: 0 trained and exported; 2 a user error (one line: config, data, checkpoint, unsafe weights);
+3 stopped after run.max_consecutive_nonfinite_steps NaN/Inf steps, with a checkpoint to resume from
+(docs/running_at_scale.md). Launch files and the recipe x hardware matrix: launch/README.md.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +32,6 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
-from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -35,14 +39,15 @@ from routerforge.config import config_to_dict, doc
 from routerforge.data.dataset_io import load_prepared
 from routerforge.errors import CheckpointError, DataError
 from routerforge.models.mf import MFModel, extend_model_pool, freeze_all_but_new_models, new_model_l2_penalty
-from routerforge.train import checkpointing, faults
+from routerforge.train import checkpointing, faults, nan_guard
 from routerforge.train.accelerator_setup import (
     build_accelerator,
+    peak_accelerator_memory_bytes,
     seed_for_model_init,
     seed_for_training,
     world_description,
 )
-from routerforge.train.consistency import parameter_digests
+from routerforge.train.consistency import parameter_digests, refuse_sharded_weights
 from routerforge.train.data_loading import (
     batches_for_epoch,
     build_eval_loader,
@@ -50,7 +55,7 @@ from routerforge.train.data_loading import (
     normalize_position,
 )
 from routerforge.train.entrypoint import run_recipe
-from routerforge.train.export import CONFIG_FILE, WEIGHTS_FILE, build_manifest, export_router
+from routerforge.train.export import CONFIG_FILE, build_manifest, export_router, load_export_weights
 from routerforge.train.optimization import build_lr_scheduler, build_optimizer
 from routerforge.train.pair_data import TIE_RULES, pairs_to_tensors, prompt_embedding_matrix
 from routerforge.train.run_config import (
@@ -152,7 +157,7 @@ def load_base_router(export_dir: Path, encoder: dict) -> tuple[MFModel, list[str
                         f"{encoder.get('dim')}); re-embed the data with the router's encoder.")
     model = MFModel(config["num_models"], config["prompt_embedding_dim"], config["model_embedding_dim"],
                     config["use_projection"])
-    model.load_state_dict(load_file(str(export_dir / WEIGHTS_FILE)))
+    model.load_state_dict(load_export_weights(export_dir))  # safetensors only, sha256 checked
     return model, list(config["model_pool"])
 
 
@@ -183,6 +188,7 @@ def main(argv: list[str] | None = None) -> dict:
     # ------------------------------------------------------------------------------------------------
     run_dir = run_dir_for(cfg.run, RECIPE)
     accelerator = build_accelerator(cfg.run, cfg.tracking, run_dir)
+    refuse_sharded_weights(accelerator, RECIPE)  # FSDP / ZeRO-3: use DDP for a model this small
     resume_from = checkpointing.resolve_resume(cfg.resume, run_dir)
     resumed_state = checkpointing.TrainerState.read(resume_from) if resume_from else None
     # One tracking run id per training run: a resumed run continues the one stored in its checkpoint.
@@ -259,7 +265,7 @@ def main(argv: list[str] | None = None) -> dict:
     # ------------------------------------------------------------------------------------------------
     # 6. Resume: model, optimizer, scheduler, every process's RNG, dataloader position, step counters
     # ------------------------------------------------------------------------------------------------
-    optimizer_step, epoch, batches_done = 0, 0, 0
+    optimizer_step, epoch, batches_done, state = 0, 0, 0, None
     if resume_from is not None:
         checkpointing.check_resume_compatible(
             resumed_state, recipe=RECIPE, world_size=accelerator.num_processes,
@@ -270,6 +276,15 @@ def main(argv: list[str] | None = None) -> dict:
         epoch, batches_done = normalize_position(state.epoch, state.batches_done_in_epoch, batches_per_epoch)
         accelerator.print(f"resumed from {resume_from} (optimizer step {optimizer_step}, epoch {epoch}, "
                           f"micro-batch {batches_done})")
+    guard = nan_guard.guard_for_run(cfg.run.max_consecutive_nonfinite_steps, state)
+
+    def trainer_state() -> checkpointing.TrainerState:
+        return checkpointing.TrainerState(
+            recipe=RECIPE, optimizer_step=optimizer_step, epoch=epoch, batches_done_in_epoch=batches_done,
+            world_size=accelerator.num_processes, micro_batch_size=cfg.run.micro_batch_size,
+            gradient_accumulation_steps=cfg.run.gradient_accumulation_steps, data_fingerprint=data.fingerprint,
+            tracking_run_id=tracking_run_id, seed=cfg.run.seed, skipped_nonfinite_steps=guard.skipped_steps,
+            consecutive_nonfinite_steps=guard.consecutive_skipped_steps)
 
     # ------------------------------------------------------------------------------------------------
     # 7. Training loop
@@ -277,8 +292,10 @@ def main(argv: list[str] | None = None) -> dict:
     unwrapped = accelerator.unwrap_model(model)
     progress = tqdm(total=total_optimizer_steps, initial=optimizer_step, desc="mf", unit="step",
                     disable=not (accelerator.is_main_process and cfg.run.progress_bar))
-    window_loss, window_batches = torch.zeros((), device=accelerator.device), 0
+    # Loss sum and count of the finite micro-batches since the last log, summed over processes at log time.
+    window = torch.zeros(2, device=accelerator.device)
     last_train_loss, history = float("nan"), []
+    samples_seen, loop_started = 0, time.perf_counter()
     model.train()
     while optimizer_step < total_optimizer_steps and epoch < cfg.run.epochs:
         for model_a, model_b, rows, target, weight in batches_for_epoch(accelerator, train_loader, epoch,
@@ -289,43 +306,54 @@ def main(argv: list[str] | None = None) -> dict:
                 loss = (per_pair * weight).sum() / weight.sum()  # source-weighted mean
                 if num_frozen_models:
                     loss = loss + new_model_l2_penalty(unwrapped, num_frozen_models, cfg.optim.weight_decay)
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and cfg.optim.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(model.parameters(), cfg.optim.max_grad_norm)
-                optimizer.step()  # accelerate skips it until the last micro-batch of the accumulation
-                optimizer.zero_grad()
+                # NaN/Inf on ANY process: every process skips this optimizer step (routerforge/train/nan_guard.py).
+                if nan_guard.update_allowed(guard, accelerator, loss, optimizer_step + 1):
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients and cfg.optim.max_grad_norm > 0:
+                        accelerator.clip_grad_norm_(model.parameters(), cfg.optim.max_grad_norm)
+                    optimizer.step()  # accelerate skips it until the last micro-batch of the accumulation
+                    window += torch.stack([loss.detach().float(), torch.ones((), device=accelerator.device)])
+                optimizer.zero_grad()  # at the window's end this also drops the gradients of a skipped step
             batches_done += 1
-            window_loss += loss.detach()
-            window_batches += 1
+            samples_seen += int(target.shape[0])
             if not accelerator.sync_gradients:
                 continue
-            scheduler.step()
+            skipped = nan_guard.close_optimizer_step(guard)
+            scheduler.step()  # a skipped step keeps its schedule slot: the LR stays a function of the step number
             optimizer_step += 1
             progress.update(1)
 
-            if optimizer_step % cfg.tracking.log_every_optimizer_steps == 0 or optimizer_step == total_optimizer_steps:
-                last_train_loss = accelerator.reduce(window_loss / window_batches, reduction="mean").item()
-                accelerator.log({"train/loss": last_train_loss, "train/lr": scheduler.get_last_lr()[0],
-                                 "train/epoch": epoch}, step=optimizer_step)
-                history.append({"optimizer_step": optimizer_step, "train_loss": last_train_loss})
+            if (skipped or optimizer_step % cfg.tracking.log_every_optimizer_steps == 0
+                    or optimizer_step == total_optimizer_steps):
+                loss_sum, loss_count = accelerator.reduce(window, reduction="sum").tolist()
+                last_train_loss = loss_sum / loss_count if loss_count else float("nan")
+                lr = scheduler.get_last_lr()[0]
+                accelerator.log({"train/loss": last_train_loss, "train/lr": lr, "train/epoch": epoch,
+                                 "train/skipped_nonfinite_steps": guard.skipped_steps}, step=optimizer_step)
+                history.append({"optimizer_step": optimizer_step, "train_loss": last_train_loss, "lr": lr,
+                                "skipped_nonfinite": skipped})
                 progress.set_postfix(loss=f"{last_train_loss:.4f}")
-                window_loss, window_batches = torch.zeros((), device=accelerator.device), 0
+                window = torch.zeros(2, device=accelerator.device)
             if (eval_loader is not None and cfg.run.eval_every_optimizer_steps
                     and optimizer_step % cfg.run.eval_every_optimizer_steps == 0):
                 metrics = evaluate(accelerator, unwrapped, eval_loader, prompt_embeddings)
                 accelerator.log({f"eval/{k}": v for k, v in metrics.items()}, step=optimizer_step)
             if cfg.checkpoint.every_optimizer_steps and optimizer_step % cfg.checkpoint.every_optimizer_steps == 0:
-                checkpointing.save_checkpoint(accelerator, run_dir, checkpointing.TrainerState(
-                    recipe=RECIPE, optimizer_step=optimizer_step, epoch=epoch, batches_done_in_epoch=batches_done,
-                    world_size=accelerator.num_processes, micro_batch_size=cfg.run.micro_batch_size,
-                    gradient_accumulation_steps=cfg.run.gradient_accumulation_steps,
-                    data_fingerprint=data.fingerprint, tracking_run_id=tracking_run_id, seed=cfg.run.seed,
-                ), keep_last=cfg.checkpoint.keep_last)
+                checkpointing.save_checkpoint(accelerator, run_dir, trainer_state(), keep_last=cfg.checkpoint.keep_last)
             faults.maybe_hang(run_dir, optimizer_step, accelerator.process_index)
+            if nan_guard.must_stop(guard):  # diverged: keep the last good weights and stop with exit status 3
+                saved = checkpointing.save_checkpoint(accelerator, run_dir, trainer_state(),
+                                                      keep_last=cfg.checkpoint.keep_last)
+                progress.close()
+                accelerator.end_training()
+                raise nan_guard.stop_error(guard, optimizer_step, saved)
             if optimizer_step >= total_optimizer_steps:
                 break
         epoch, batches_done = epoch + 1, 0
     progress.close()
+    loop_seconds = time.perf_counter() - loop_started
+    total_samples = int(accelerator.reduce(torch.tensor(samples_seen, device=accelerator.device),
+                                           reduction="sum").item())
 
     # ------------------------------------------------------------------------------------------------
     # 8. Final evaluation, cross-process weight check, export (main process only)
@@ -339,8 +367,12 @@ def main(argv: list[str] | None = None) -> dict:
         raise RuntimeError(f"processes ended with different weights (sha256 per process: {digests}); "
                            f"data-parallel training went out of sync.")
     export_dir = export_dir_for(cfg.run, cfg.export, RECIPE)
+    throughput = {"train_samples": total_samples, "train_loop_seconds": loop_seconds,
+                  "train_samples_per_second": total_samples / loop_seconds if loop_seconds > 0 else float("nan"),
+                  "peak_accelerator_memory_bytes": peak_accelerator_memory_bytes()}
     result = {"export_dir": str(export_dir), "run_dir": str(run_dir), "optimizer_steps": optimizer_step,
-              "tracking": tracking.to_dict(), "metrics": final_eval}
+              "tracking": tracking.to_dict(), "metrics": final_eval, "throughput": throughput,
+              "skipped_nonfinite_steps": guard.skipped_steps}
     if accelerator.is_main_process:
         model_config = {"router_type": RECIPE, "model_pool": model_pool, **unwrapped.config()}
         manifest = build_manifest(
@@ -354,7 +386,8 @@ def main(argv: list[str] | None = None) -> dict:
                       "total_optimizer_steps": total_optimizer_steps, "epochs": cfg.run.epochs,
                       "resumed_from": str(resume_from) if resume_from else None,
                       "base_router": cfg.init.from_export, "frozen_models": model_pool[:num_frozen_models],
-                      "param_sha256_per_process": digests, "loss_history": history},
+                      "param_sha256_per_process": digests, "loss_history": history,
+                      "skipped_nonfinite_steps": guard.skipped_steps, **throughput},
             metrics={"train_loss": last_train_loss, **{f"{cfg.data.eval_split}_{k}": v for k, v in final_eval.items()}},
         )
         export_router(export_dir, unwrapped.state_dict(), model_config, manifest)

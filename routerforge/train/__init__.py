@@ -47,15 +47,31 @@ owns its loop; this package owns the parts that must behave the same in every re
    `check_resume_compatible(...)` then `state = load_checkpoint(accelerator, resume_from)` (model,
    optimizer, scheduler, every process's RNG, counters) and `normalize_position(state.epoch,
    state.batches_done_in_epoch, len(loader))`. Every N optimizer steps, on every process:
-   `save_checkpoint(accelerator, run_dir, TrainerState(...), keep_last)` - atomic (temp dir + COMPLETE +
-   rename), keeps the newest `keep_last`. Call `faults.maybe_hang(run_dir, optimizer_step, rank)` after it
-   so the kill/resume tests can stop the recipe at an exact step.
+   `save_checkpoint(accelerator, run_dir, TrainerState(...), keep_last)` - atomic (temp dir + COMPLETE with
+   the sha256 of every file + rename), keeps the newest `keep_last`; a resume refuses a missing or damaged
+   file with `CorruptCheckpointError`. Call `faults.maybe_hang(run_dir, optimizer_step, rank)` after it so
+   the reliability tests can stop the recipe at an exact step.
+
+6b. NaN/Inf loss - `nan_guard` (every recipe with gradient steps)
+   `guard = nan_guard.guard_for_run(cfg.run.max_consecutive_nonfinite_steps, state)` after the resume;
+   in the loop `if nan_guard.update_allowed(guard, accelerator, loss, optimizer_step + 1):` around
+   backward / clip / optimizer.step (zero_grad stays outside), `skipped = nan_guard.close_optimizer_step(guard)`
+   where `accelerator.sync_gradients`, the two counters in TrainerState, and after the checkpoint block
+   `if nan_guard.must_stop(guard):` save a checkpoint, `accelerator.end_training()`, raise
+   `nan_guard.stop_error(...)` (exit status 3). training/train_mf.py shows all of it.
 
 7. End of run
-   `parameter_digests(accelerator, model)` (all processes must agree), then behind ONE
+   `parameter_digests(accelerator, model)` (all processes must agree; a recipe whose model is small enough
+   to replicate calls `refuse_sharded_weights(accelerator, RECIPE)` at start-up so FSDP / ZeRO-3 fail
+   early), then behind ONE
    `if accelerator.is_main_process:` block: `export_router(export_dir_for(...), state_dict, model_config,
    build_manifest(...))` and print where the export and the tracking run went.
    Wrap the script's entry point with `run_recipe(main)` (user errors -> one line, exit 2).
+
+Loading an export's weights (init from a trained router, inference): `export.load_export_weights(dir)` -
+safetensors only (a pickle is refused unread, `UnsafeWeightsError`) and checked against manifest.json.
+
+Hardware: launch/ (accelerate configs, SLURM) and docs/running_at_scale.md.
 
 Tests to copy for a new recipe: tests/recipes/test_train_mf.py (tiny run, export, pool, in-process
 resume) and tests/reliability/test_kill_resume_mf.py (SIGKILL + resume=auto, 1 and 2 processes).

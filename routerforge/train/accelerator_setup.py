@@ -71,3 +71,10 @@ def world_description(accelerator: Accelerator) -> dict:
         "device_type": accelerator.device.type,
         "mixed_precision": str(accelerator.mixed_precision),
     }
+
+
+def peak_accelerator_memory_bytes() -> int | None:
+    """Peak memory torch allocated on this process's CUDA device (bytes); None on CPU (see bench/ for RSS)."""
+    if not torch.cuda.is_available():
+        return None
+    return int(torch.cuda.max_memory_allocated())

@@ -8,8 +8,8 @@ Layout of one run directory (`<output_dir>/<router>/<run.name>/`)::
         COMPLETE           written last
     .tmp-step-000600/      a save in progress (or one killed mid-save): never resumed from
 
-A save writes everything into `.tmp-step-N/`, then `trainer_state.json`, then `COMPLETE`, and only
-then renames the directory to `step-N/`. Resume considers only `step-N/` directories that hold
+A save writes everything into `.tmp-step-N/`, then `trainer_state.json`, then `COMPLETE` (which records
+the sha256 of every other file of the checkpoint), and only then renames the directory to `step-N/`. Resume considers only `step-N/` directories that hold
 `COMPLETE`, so a process killed at any moment of a save leaves, at worst, a `.tmp-*` directory that
 resume ignores and the next save removes. Pruning removes a checkpoint's COMPLETE marker before its
 files, for the same reason.
@@ -19,10 +19,22 @@ scheduler, AMP grad scaler, accelerate's micro-step counter, the Python/NumPy/to
 of EVERY process (one file per rank; `load_checkpoint` verifies it really was restored, because
 accelerate only logs when it cannot), the dataloader position (epoch + micro-batches consumed in it)
 and the optimizer-step counter.
+
+Before anything is loaded, every file is checked against the sha256 recorded in COMPLETE: a missing,
+truncated or overwritten `optimizer.bin`, `random_states_<rank>.pkl`, `model.safetensors`, ... is a
+`CorruptCheckpointError` naming the file (exit status 2 through `run_recipe`), never a traceback from
+deep inside torch.load and never a silently different resume.
+
+Trust: accelerate writes the optimizer, scheduler and RNG states as pickles (`torch.save`) and reads them
+back with `torch.load` (accelerate 1.15: `weights_only=True` plus an allowlist of numpy types; older
+versions and custom checkpointed objects: full unpickling). Step checkpoints are therefore trusted input,
+written by this code for this run: never resume from a checkpoint directory you did not produce. What
+leaves a run (the export, the published router) is safetensors + JSON only (routerforge/train/export.py).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -32,7 +44,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import RNG_STATE_NAME
+from accelerate.utils import RNG_STATE_NAME, broadcast_object_list
 from accelerate.utils import load as accelerate_load
 
 from routerforge.errors import CheckpointError
@@ -42,6 +54,13 @@ COMPLETE_MARKER = "COMPLETE"
 TRAINER_STATE_FILE = "trainer_state.json"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 TMP_PREFIX = ".tmp-"
+COMPLETE_FORMAT = 1
+LEGACY_COMPLETE_TEXT = "ok"  # the marker's whole content before it recorded digests
+_HASH_CHUNK_BYTES = 1 << 20
+
+
+class CorruptCheckpointError(CheckpointError):
+    """A file of a COMPLETE checkpoint is missing or differs from what was saved (truncated, overwritten)."""
 
 
 @dataclass(frozen=True)
@@ -58,6 +77,9 @@ class TrainerState:
     data_fingerprint: str
     tracking_run_id: str | None
     seed: int
+    # NaN/Inf guard counters (routerforge/train/nan_guard.py); defaults: checkpoints written before them
+    skipped_nonfinite_steps: int = 0  # optimizer steps skipped for a non-finite loss, whole run
+    consecutive_nonfinite_steps: int = 0  # of which in a row, ending at `optimizer_step`
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
@@ -136,6 +158,46 @@ def _write_then_fsync(path: Path, text: str) -> None:
         os.fsync(fh.fileno())
 
 
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(_HASH_CHUNK_BYTES):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def checkpoint_file_digests(checkpoint_dir: Path) -> dict[str, str]:
+    """{relative path: sha256} of every file of a checkpoint directory except COMPLETE (sub-directories too:
+    FSDP/DeepSpeed save sharded states in them)."""
+    return {path.relative_to(checkpoint_dir).as_posix(): _sha256_file(path)
+            for path in sorted(checkpoint_dir.rglob("*")) if path.is_file() and path.name != COMPLETE_MARKER}
+
+
+def checkpoint_problem(checkpoint_dir: Path) -> str | None:
+    """None if every file recorded in COMPLETE is there with its recorded sha256, else the first problem.
+
+    A COMPLETE marker without recorded digests (written before they were recorded) is not checked.
+    """
+    marker = checkpoint_dir / COMPLETE_MARKER
+    try:
+        text = marker.read_text(encoding="utf-8")
+        if text.strip() == LEGACY_COMPLETE_TEXT:
+            return None  # a marker from before the digests were recorded: nothing to verify against
+        recorded = json.loads(text)
+    except (OSError, ValueError) as exc:
+        return f"{marker} is unreadable ({type(exc).__name__})"
+    if not isinstance(recorded, dict) or not isinstance(recorded.get("sha256"), dict):
+        return f"{checkpoint_dir / COMPLETE_MARKER}: not a RouterForge checkpoint marker (no sha256 table)"
+    for name, expected in sorted(recorded["sha256"].items()):
+        path = checkpoint_dir / name
+        if not path.is_file():
+            return f"{path} is missing from the checkpoint"
+        if _sha256_file(path) != expected:
+            return (f"{path} is corrupt: its sha256 differs from the one recorded when the checkpoint was saved "
+                    f"(truncated, overwritten or damaged on disk)")
+    return None
+
+
 def save_checkpoint(accelerator: Accelerator, run_dir: Path, state: TrainerState, keep_last: int) -> Path:
     """Atomically save a step checkpoint (call on EVERY process); return its final directory.
 
@@ -154,8 +216,10 @@ def save_checkpoint(accelerator: Accelerator, run_dir: Path, state: TrainerState
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         _write_then_fsync(tmp / TRAINER_STATE_FILE, state.to_json())
+        digests = checkpoint_file_digests(tmp)
         faults.maybe_kill_before_complete(state.optimizer_step)
-        _write_then_fsync(tmp / COMPLETE_MARKER, "ok\n")
+        _write_then_fsync(tmp / COMPLETE_MARKER,
+                          json.dumps({"format": COMPLETE_FORMAT, "sha256": digests}, indent=1, sort_keys=True) + "\n")
         if final.exists():  # re-saving a step after resuming from an older checkpoint
             _remove_checkpoint(final)
         os.rename(tmp, final)
@@ -186,15 +250,35 @@ def check_resume_compatible(state: TrainerState, *, recipe: str, world_size: int
 
 
 def load_checkpoint(accelerator: Accelerator, checkpoint_dir: Path) -> TrainerState:
-    """Restore everything `save_checkpoint` saved (call on EVERY process after `accelerator.prepare`)."""
+    """Restore everything `save_checkpoint` saved (call on EVERY process after `accelerator.prepare`).
+
+    Raises CorruptCheckpointError (on every process alike) when a file is missing or its sha256 differs
+    from the one recorded at save time, and CheckpointError when accelerate cannot load the state.
+    """
     if not (checkpoint_dir / COMPLETE_MARKER).is_file():
         raise CheckpointError(f"{checkpoint_dir} is incomplete (no {COMPLETE_MARKER}); resume from a complete one.")
+    # The main process hashes the files once; every process raises the same error (none hangs in a collective).
+    problem_box = [checkpoint_problem(checkpoint_dir) if accelerator.is_main_process else None]
+    broadcast_object_list(problem_box)
+    if problem_box[0] is not None:
+        this_step = checkpoint_step(checkpoint_dir)
+        earlier = [p for p in list_complete_checkpoints(checkpoint_dir.parent)
+                   if this_step is not None and checkpoint_step(p) < this_step]
+        hint = (f"resume from an earlier checkpoint (resume={earlier[-1]}) or delete {checkpoint_dir.name} and use "
+                f"resume=auto" if earlier else "no earlier checkpoint exists: start a new run (another run.name)")
+        raise CorruptCheckpointError(f"cannot resume: {problem_box[0]}; {hint}.")
     state = TrainerState.read(checkpoint_dir)
     rng_file = checkpoint_dir / f"{RNG_STATE_NAME}_{accelerator.process_index}.pkl"
     if not rng_file.is_file():
         raise CheckpointError(f"{rng_file} is missing: the checkpoint has no RNG state for process "
                               f"{accelerator.process_index}; launch with the number of processes that wrote it.")
-    accelerator.load_state(str(checkpoint_dir))
+    try:
+        accelerator.load_state(str(checkpoint_dir))
+    except Exception as exc:  # torch.load / safetensors / accelerate errors: name the checkpoint, one line
+        detail = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+        raise CheckpointError(f"{checkpoint_dir}: accelerate could not load this checkpoint ({type(exc).__name__}: "
+                              f"{detail}); it was written by an incompatible torch/accelerate version or with a "
+                              f"different model/optimizer; resume from another checkpoint or start a new run.") from exc
     saved_torch_rng = accelerate_load(rng_file)["torch_manual_seed"]
     if not torch.equal(torch.get_rng_state(), saved_torch_rng):
         # accelerate only logs "Could not load random states" and carries on; a resume that silently

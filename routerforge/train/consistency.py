@@ -11,7 +11,9 @@ import hashlib
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import gather_object
+from accelerate.utils import DistributedType, gather_object
+
+from routerforge.errors import ConfigError
 
 
 def parameter_digest(model: torch.nn.Module) -> str:
@@ -27,3 +29,26 @@ def parameter_digest(model: torch.nn.Module) -> str:
 def parameter_digests(accelerator: Accelerator, model: torch.nn.Module) -> list[str]:
     """The digest of every process's (unwrapped) model, indexed by process (call on every process)."""
     return list(gather_object([parameter_digest(accelerator.unwrap_model(model))]))
+
+
+def weights_are_sharded(distributed_type: DistributedType, zero_stage: int | None = None) -> bool:
+    """True when no process holds the whole model: FSDP, or DeepSpeed ZeRO stage 3.
+
+    Then a per-process digest compares shards, not replicas, and `model.state_dict()` on one process is
+    not the model: export through `accelerator.get_state_dict(model)` (a collective) instead.
+    ZeRO-1/2 shard only the optimizer state (and gradients); the parameters stay replicated.
+    """
+    if distributed_type == DistributedType.FSDP:
+        return True
+    return distributed_type == DistributedType.DEEPSPEED and zero_stage == 3
+
+
+def refuse_sharded_weights(accelerator: Accelerator, recipe: str) -> None:
+    """For recipes whose model is small enough to replicate (MF): a clear error at start-up under FSDP /
+    ZeRO-3 instead of a weight-digest mismatch after the whole run."""
+    plugin = accelerator.state.deepspeed_plugin if accelerator.distributed_type == DistributedType.DEEPSPEED else None
+    if weights_are_sharded(accelerator.distributed_type, plugin.zero_stage if plugin is not None else None):
+        raise ConfigError(
+            f"recipe {recipe} keeps its whole (small) model on every process and checks that the replicas agree; "
+            f"{accelerator.distributed_type.value} shards the weights. Launch it with launch/accelerate/ddp_8gpu.yaml "
+            f"(or deepspeed_zero2.yaml) instead; sharding pays off only for the transformer recipes.")

@@ -9,6 +9,11 @@
 Everything is written into a temporary sibling directory that replaces `<export_dir>` only once
 complete, so an interrupted export never leaves a half-written directory where a good one was.
 The registry (routerforge/registry) adds the model card and calibration and checks the manifest on load.
+
+Loading an export's weights goes through `load_export_weights`: the file must BE safetensors (checked by
+its bytes, not its name: a pickle or a `torch.save` zip renamed to model.safetensors is refused with
+`UnsafeWeightsError` before any byte of it is interpreted) and must match the sha256 in manifest.json.
+Nothing in RouterForge unpickles an export.
 """
 
 from __future__ import annotations
@@ -18,19 +23,23 @@ import importlib.metadata
 import json
 import os
 import shutil
+import struct
 import subprocess
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 
 from routerforge.data.dataset_io import sha256_file
+from routerforge.errors import CheckpointError
 
 EXPORT_FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 MANIFEST_FILE = "manifest.json"
 EXPORT_FILES = (WEIGHTS_FILE, CONFIG_FILE, MANIFEST_FILE)
+MAX_SAFETENSORS_HEADER_BYTES = 100_000_000  # the safetensors format's own limit
 _LIBRARIES = ("routerforge", "torch", "accelerate", "transformers", "datasets", "safetensors")
 
 
@@ -103,3 +112,55 @@ def export_router(export_dir: Path, state_dict: dict[str, torch.Tensor], model_c
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return export_dir
+
+
+class UnsafeWeightsError(CheckpointError):
+    """A weights file is not safetensors (e.g. a pickle): refused unread, since unpickling runs code."""
+
+
+def safetensors_problem(path: Path) -> str | None:
+    """None if `path` starts like a safetensors file (u64 header length + a JSON object), else what it is."""
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        prefix = fh.read(8)
+        if prefix.startswith(b"PK\x03\x04"):
+            return "a zip archive (torch.save's format: pickled Python objects)"
+        if prefix[:1] == b"\x80":
+            return "a Python pickle"
+        header_len = struct.unpack("<Q", prefix)[0] if len(prefix) == 8 else 0
+        if not 0 < header_len <= min(size - 8, MAX_SAFETENSORS_HEADER_BYTES):
+            return "not safetensors (no valid header)"
+        try:
+            header = json.loads(fh.read(header_len))
+        except (UnicodeDecodeError, ValueError):
+            return "not safetensors (its header is not JSON)"
+    return None if isinstance(header, dict) else "not safetensors (its header is not a JSON object)"
+
+
+def load_export_weights(export_dir: Path, weights_file: str = WEIGHTS_FILE) -> dict[str, torch.Tensor]:
+    """The tensors of an export's safetensors file, after checking its format and its manifest sha256.
+
+    UnsafeWeightsError when the file is not safetensors (never unpickled); CheckpointError when it is
+    missing or differs from the sha256 that manifest.json recorded at export.
+    """
+    export_dir = Path(export_dir)
+    path = export_dir / weights_file
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such weights file; pass the directory of a RouterForge export.")
+    problem = safetensors_problem(path)
+    if problem is not None:
+        raise UnsafeWeightsError(f"{path}: refused, the file is {problem}; RouterForge loads weights only from "
+                                 f"safetensors and never unpickles them. Re-export the router with RouterForge.")
+    manifest_path = export_dir / MANIFEST_FILE
+    if manifest_path.is_file():
+        try:
+            recorded = json.loads(manifest_path.read_text(encoding="utf-8")).get("files", {}).get(weights_file)
+        except (UnicodeDecodeError, ValueError, AttributeError):
+            raise CheckpointError(f"{manifest_path}: not a valid manifest (JSON object); re-export the router.") from None
+        if recorded is not None and recorded != sha256_file(path):
+            raise CheckpointError(f"{path}: sha256 differs from {manifest_path} (modified or damaged after export); "
+                                  f"re-export the router or restore the file.")
+    try:
+        return load_file(str(path))
+    except SafetensorError as exc:
+        raise UnsafeWeightsError(f"{path}: not a readable safetensors file ({exc}); re-export the router.") from None

@@ -53,6 +53,10 @@ class RunConfig:
     eval_every_optimizer_steps: int = doc("evaluate on the validation split every N optimizer steps (steps); "
                                           "0: only at the end", default=0)
     progress_bar: bool = doc("show a progress bar on the main process (bool)", default=True)
+    max_consecutive_nonfinite_steps: int = doc(
+        "an optimizer step whose loss is NaN/Inf on any process is skipped (weights unchanged, counted); after "
+        "this many such steps in a row the run saves a checkpoint and stops with exit status 3 (steps)",
+        default=10)
 
     def __post_init__(self) -> None:
         if not _RUN_NAME.match(self.name):
@@ -70,6 +74,9 @@ class RunConfig:
                              f"got '{self.mixed_precision}'")
         if self.eval_every_optimizer_steps < 0:
             raise ValueError(f"run.eval_every_optimizer_steps must be >= 0, got {self.eval_every_optimizer_steps}")
+        if self.max_consecutive_nonfinite_steps < 1:
+            raise ValueError(f"run.max_consecutive_nonfinite_steps must be >= 1, got "
+                             f"{self.max_consecutive_nonfinite_steps}")
 
 
 @dataclass(frozen=True)

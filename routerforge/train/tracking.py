@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import os
 import secrets
-import socket
 import string
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -64,12 +65,19 @@ def new_run_id() -> str:
 
 
 def _host_answers(url: str, timeout_s: float = 3.0) -> bool:
-    parsed = urlparse(url)
-    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    """True when `url` gives ANY HTTP response (even 404) within `timeout_s`.
+
+    A TCP connect alone is not enough: a proxy, a firewall or a half-dead server that accepts
+    connections but never answers would send W&B online and stall `wandb.init` (~90 s) or fail the run.
+    """
+    if not urlparse(url).hostname:
+        return False
     try:
-        with socket.create_connection((parsed.hostname or "", port), timeout=timeout_s):
+        with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout_s):
             return True
-    except OSError:
+    except urllib.error.HTTPError:
+        return True  # the server answered, with an error status: it is there
+    except (OSError, ValueError):  # URLError, connection refused, timeout, malformed URL
         return False
 
 
@@ -83,6 +91,7 @@ def resolve_wandb_mode(config: TrackingConfig) -> str:
     if not os.environ.get("WANDB_API_KEY"):
         return "offline"
     # Only checked when a key is set: a key without network stalls wandb.init for ~40 s.
+    # tests/reliability/test_tracking_faults.py: a dead port and a silent server both give offline.
     return "online" if _host_answers(os.environ.get("WANDB_BASE_URL", WANDB_DEFAULT_HOST)) else "offline"
 
 

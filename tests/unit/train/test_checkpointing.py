@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 
@@ -40,6 +41,13 @@ def train_steps(model, optimizer, scheduler, n):
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad()
+
+
+def rerecord_digests(checkpoint_dir):
+    marker = checkpoint_dir / ckpt.COMPLETE_MARKER
+    recorded = json.loads(marker.read_text())
+    recorded["sha256"] = ckpt.checkpoint_file_digests(checkpoint_dir)
+    marker.write_text(json.dumps(recorded))
 
 
 def state(step: int, **changes) -> TrainerState:
@@ -90,6 +98,9 @@ def test_load_refuses_a_checkpoint_whose_rng_state_accelerate_could_not_apply(ac
     rng = torch.load(rng_file, weights_only=False)
     del rng["numpy_random_seed"]
     torch.save(rng, rng_file)
+    # Re-record the digests: a checkpoint that is intact on disk but that accelerate cannot fully apply
+    # (e.g. written by another accelerate version). A plain on-disk change is caught earlier (tests below).
+    rerecord_digests(path)
     torch.manual_seed(99)
     with pytest.raises(CheckpointError, match="random_states_0.pkl: the RNG state was not restored"):
         ckpt.load_checkpoint(accelerator, path)
@@ -159,3 +170,81 @@ def test_unreadable_trainer_state_is_a_checkpoint_error(tmp_path):
     (tmp_path / "trainer_state.json").write_text("{not json")
     with pytest.raises(CheckpointError, match="unreadable trainer state"):
         TrainerState.read(tmp_path)
+
+
+# --- file digests: corrupt or missing state is a named error, before anything is loaded ------------------
+
+def test_complete_marker_records_the_sha256_of_every_other_file(accelerator, tmp_path):
+    make_training(accelerator)
+    path = ckpt.save_checkpoint(accelerator, tmp_path, state(1), keep_last=3)
+    recorded = json.loads((path / "COMPLETE").read_text())
+    assert recorded["format"] == 1
+    assert sorted(recorded["sha256"]) == ["model.safetensors", "optimizer.bin", "random_states_0.pkl",
+                                          "scheduler.bin", "trainer_state.json"]
+    for name, digest in recorded["sha256"].items():
+        assert digest == hashlib.sha256((path / name).read_bytes()).hexdigest()
+    assert ckpt.checkpoint_problem(path) is None
+
+
+@pytest.mark.parametrize("damage", ["truncate", "overwrite", "delete"])
+@pytest.mark.parametrize("victim", ["optimizer.bin", "random_states_0.pkl", "model.safetensors", "scheduler.bin"])
+def test_damaged_state_file_is_a_corrupt_checkpoint_error_naming_it(accelerator, tmp_path, victim, damage):
+    model, optimizer, scheduler = make_training(accelerator)
+    ckpt.save_checkpoint(accelerator, tmp_path, state(2), keep_last=3)
+    train_steps(model, optimizer, scheduler, 1)
+    path = ckpt.save_checkpoint(accelerator, tmp_path, state(4), keep_last=3)
+    target = path / victim
+    if damage == "truncate":
+        target.write_bytes(target.read_bytes()[: target.stat().st_size // 2])
+    elif damage == "overwrite":
+        target.write_bytes(b"\x00" * target.stat().st_size)  # same size: only the digest can tell
+    else:
+        target.unlink()
+    weights_before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ckpt.CorruptCheckpointError) as info:
+        ckpt.load_checkpoint(accelerator, path)
+    message = str(info.value)
+    reason = "is missing from the checkpoint" if damage == "delete" else "is corrupt: its sha256 differs"
+    assert f"{target} {reason}" in message
+    assert f"resume from an earlier checkpoint (resume={tmp_path / 'step-000002'})" in message
+    assert "\n" not in message
+    for name, tensor in model.state_dict().items():  # nothing was loaded
+        assert torch.equal(tensor, weights_before[name])
+
+
+def test_only_checkpoint_corrupt_says_there_is_no_earlier_one(accelerator, tmp_path):
+    make_training(accelerator)
+    path = ckpt.save_checkpoint(accelerator, tmp_path, state(1), keep_last=3)
+    (path / "optimizer.bin").write_bytes(b"garbage")
+    with pytest.raises(ckpt.CorruptCheckpointError, match="no earlier checkpoint exists: start a new run"):
+        ckpt.load_checkpoint(accelerator, path)
+
+
+def test_a_garbled_complete_marker_is_refused_and_a_legacy_one_is_accepted(accelerator, tmp_path):
+    make_training(accelerator)
+    path = ckpt.save_checkpoint(accelerator, tmp_path, state(1), keep_last=3)
+    (path / "COMPLETE").write_text("{half a json")
+    with pytest.raises(ckpt.CorruptCheckpointError, match="COMPLETE is unreadable"):
+        ckpt.load_checkpoint(accelerator, path)
+    (path / "COMPLETE").write_text("ok\n")  # the marker written before digests were recorded
+    assert ckpt.load_checkpoint(accelerator, path) == state(1)
+
+
+def test_state_accelerate_cannot_load_is_a_one_line_checkpoint_error(accelerator, tmp_path):
+    make_training(accelerator)
+    path = ckpt.save_checkpoint(accelerator, tmp_path, state(1), keep_last=3)
+    (path / "optimizer.bin").write_bytes(b"not a torch file")  # consistent with its digest: an "old" format
+    rerecord_digests(path)
+    with pytest.raises(CheckpointError) as info:
+        ckpt.load_checkpoint(accelerator, path)
+    assert not isinstance(info.value, ckpt.CorruptCheckpointError)
+    assert f"{path}: accelerate could not load this checkpoint (" in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_trainer_state_written_before_the_nan_counters_still_reads(tmp_path):
+    values = json.loads(state(3).to_json())
+    del values["skipped_nonfinite_steps"], values["consecutive_nonfinite_steps"]
+    (tmp_path / "trainer_state.json").write_text(json.dumps(values))
+    restored = TrainerState.read(tmp_path)
+    assert restored == state(3) and restored.skipped_nonfinite_steps == 0
