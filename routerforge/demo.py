@@ -78,5 +78,73 @@ def run_demo() -> int:
         data_arg = [] if any(o.startswith("features.dataset=") for o in overrides) else [f"data.path={DEMO_DATA}"]
         _run([sys.executable, script, "--config", config, *data_arg, *overrides])
         print(f"({time.perf_counter() - t0:.0f}s)", flush=True)
+    number = len(TRAINING_STEPS) + 2
+    evaluate_calibrate_route(path, number)
     print(f"\ndemo finished in {time.perf_counter() - t_start:.0f}s")
     return 0
+
+
+STRONG, WEAK = "gpt-4-1106-preview", "mistralai/Mixtral-8x7B-Instruct-v0.1"
+EVAL_ROUTERS = ("mf", "difficulty", "cluster", "probe")
+EXAMPLE_PROMPTS = [
+    "What is the capital of France?",
+    "Prove that there are infinitely many primes p such that p + 2 is also prime, or explain why this is open.",
+    "Write a Python function that merges overlapping intervals and analyse its time complexity.",
+]
+
+
+def _routerforge(*args: str) -> None:
+    _run([sys.executable, "-m", "routerforge.cli", *args])
+
+
+def evaluate_calibrate_route(dataset_dir: Path, number: int) -> None:
+    """Evaluate every demo router on the held-out sets, calibrate it on held-out traffic, route examples."""
+    eval_sets = sorted((dataset_dir / "eval").glob("*.jsonl"))
+    print(f"\n== {number}. evaluate on the held-out sets: {', '.join(p.stem for p in eval_sets)} ==", flush=True)
+    results: dict[tuple[str, str], dict] = {}
+    for router in EVAL_ROUTERS:
+        for eval_set in eval_sets:
+            report = Path("checkpoints") / router / f"eval-{eval_set.stem}.json"
+            _routerforge("eval", f"checkpoints/{router}", "--outcomes", str(eval_set), "--strong", STRONG,
+                         "--weak", WEAK, "--save", eval_set.stem, "--json", str(report),
+                         "--embedding-cache", "data/cache/embeddings", "--n-bootstrap", "200")
+            results[router, eval_set.stem] = json.loads(report.read_text())
+    print("\n" + results_table(results, [p.stem for p in eval_sets]), flush=True)
+
+    # "Your traffic": the dataset's held-out validation + test prompts, never trained on.
+    from datasets import concatenate_datasets
+
+    from routerforge.data.dataset_io import load_prepared
+
+    ds = load_prepared(dataset_dir)
+    traffic = Path("checkpoints/demo_traffic.jsonl")
+    prompts = concatenate_datasets([ds.prompts["validation"], ds.prompts["test"]])["prompt"]
+    traffic.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts), encoding="utf-8")
+    print(f"\n== {number + 1}. calibrate thresholds for 20% and 50% strong calls on {len(prompts)} held-out "
+          f"prompts ==", flush=True)
+    for router in EVAL_ROUTERS:
+        _routerforge("calibrate", f"checkpoints/{router}", "--prompts", str(traffic), "--strong-share", "0.2", "0.5",
+                     "--strong", STRONG, "--weak", WEAK)
+    print(f"\n== {number + 2}. route three prompts with the MF router at 50% strong calls ==", flush=True)
+    _routerforge("route", "checkpoints/mf", *EXAMPLE_PROMPTS, "--strong-share", "0.5", "--strong", STRONG,
+                 "--weak", WEAK, "--embedding-cache", "data/cache/embeddings")
+    _routerforge("list")
+
+
+def results_table(results: dict[tuple[str, str], dict], sets: list[str]) -> str:
+    """Markdown table: APGR / CPT(50%) / CPT(80%) per router and eval set, with random and oracle rows."""
+    lines = ["| router | " + " | ".join(f"{s} APGR | {s} CPT50 | {s} CPT80" for s in sets) + " |",
+             "|---|" + "---:|" * (3 * len(sets))]
+
+    def cells(report: dict) -> str:
+        return " | ".join(f"{report[k]['value']:.3f}" if isinstance(report.get(k), dict) else
+                          (f"{report[k]:.3f}" if isinstance(report.get(k), (int, float)) else "-")
+                          for k in ("apgr", "cpt50", "cpt80"))
+
+    routers = sorted({r for r, _ in results}, key=EVAL_ROUTERS.index)
+    for router in routers:
+        lines.append(f"| {router} | " + " | ".join(cells(results[router, s]) for s in sets) + " |")
+    for ref in ("random", "oracle"):
+        row = [cells(results[routers[0], s].get("references", {}).get(ref, {})) for s in sets]
+        lines.append(f"| *{ref}* | " + " | ".join(row) + " |")
+    return "\n".join(lines)

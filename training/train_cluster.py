@@ -56,6 +56,7 @@ from routerforge.models.cluster import (
     sample_per_cluster,
     table_stats,
 )
+from routerforge.registry.export import register_run_export
 from routerforge.train.accelerator_setup import build_accelerator, seed_for_model_init, world_description
 from routerforge.train.consistency import parameter_digests
 from routerforge.train.entrypoint import run_recipe
@@ -571,6 +572,9 @@ def main(argv: list[str] | None = None) -> dict:
             metrics=metrics,
         )
         export_router(export_dir, router.state_dict(), model_config, manifest)
+        registered = register_run_export(cfg.export, export_dir, run.output_dir)
+        if registered is not None:
+            print(f"registered checkpoint: {registered}")
         result["metrics"] = metrics
         print(f"checkpoint: {export_dir}")
         print(tracking.describe(), flush=True)

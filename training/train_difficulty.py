@@ -61,6 +61,7 @@ from routerforge.models.difficulty_data import (
     collate_examples,
     outcome_samples,
 )
+from routerforge.registry.export import register_run_export
 from routerforge.train import checkpointing, faults
 from routerforge.train.accelerator_setup import (
     build_accelerator,
@@ -505,6 +506,9 @@ def main(argv: list[str] | None = None) -> dict:
             metrics={"train_loss": last_train_loss, **{f"{cfg.data.eval_split}_{k}": v for k, v in final_eval.items()}},
         )
         export_difficulty_router(export_dir, unwrapped, tokenizer, router_config, manifest)
+        registered = register_run_export(cfg.export, export_dir, cfg.run.output_dir)
+        if registered is not None:
+            print(f"registered checkpoint: {registered}")
         print(f"checkpoint: {export_dir}")
         print(f"step checkpoints: {run_dir}")
         print(tracking.describe(), flush=True)

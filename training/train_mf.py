@@ -39,6 +39,7 @@ from routerforge.config import config_to_dict, doc
 from routerforge.data.dataset_io import load_prepared
 from routerforge.errors import CheckpointError, DataError
 from routerforge.models.mf import MFModel, extend_model_pool, freeze_all_but_new_models, new_model_l2_penalty
+from routerforge.registry.export import register_run_export
 from routerforge.train import checkpointing, faults, nan_guard
 from routerforge.train.accelerator_setup import (
     build_accelerator,
@@ -391,6 +392,9 @@ def main(argv: list[str] | None = None) -> dict:
             metrics={"train_loss": last_train_loss, **{f"{cfg.data.eval_split}_{k}": v for k, v in final_eval.items()}},
         )
         export_router(export_dir, unwrapped.state_dict(), model_config, manifest)
+        registered = register_run_export(cfg.export, export_dir, cfg.run.output_dir)
+        if registered is not None:
+            print(f"registered checkpoint: {registered}")
         print(f"checkpoint: {export_dir}")
         print(f"step checkpoints: {run_dir}")
         print(tracking.describe(), flush=True)

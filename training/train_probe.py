@@ -52,6 +52,7 @@ from routerforge.eval.uncertainty_baselines import (
     random_confidence,
 )
 from routerforge.models.probe import PROBE_KINDS, ROUTER_TYPE, ProbeBank, fit_temperature, standardization
+from routerforge.registry.export import register_run_export
 from routerforge.train import checkpointing, faults, nan_guard
 from routerforge.train.accelerator_setup import (
     build_accelerator,
@@ -649,6 +650,9 @@ def main(argv: list[str] | None = None) -> dict:
                          f"{report_sets[0].name}_brier": first_set["raw"]["brier"]} if first_set else {})},
         )
         export_router(export_dir, probe.state_dict(), model_config, manifest)
+        registered = register_run_export(cfg.export, export_dir, cfg.run.output_dir)
+        if registered is not None:
+            print(f"registered checkpoint: {registered}")
         result.update({"chosen": names[best], "temperature": temperature, "report": str(report_dir / "report.json")})
         if lm["stand_in"]:
             print(f"NOTE: hidden states of {lm['id']}, an encoder standing in for {cfg.data.weak_model} "

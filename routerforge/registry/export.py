@@ -209,3 +209,13 @@ def write_calibration(directory: str | Path, entry: dict) -> dict:
                                              for e in merged["calibrations"]}}
 
     return update_checkpoint(directory, {CALIBRATION_FILE: _json_bytes(merged)}, record)
+
+
+def register_run_export(export_cfg, export_dir: str | Path, registry_root: str | Path) -> Path | None:
+    """What every recipe calls after its export (main process): register it when `export.registry` is on.
+
+    Returns the versioned checkpoint directory, or None when registration is off.
+    """
+    if not export_cfg.registry:
+        return None
+    return finalize_export(export_dir, registry_root, version=export_cfg.version)
