@@ -19,6 +19,10 @@ for a/b, pairs for c) is empty in the training split, or whose loss weight is 0,
 Reads top to bottom:
   1. config   2. accelerate, seeds, run dir, tracking   3. data and backbone   4. model   5. optimizer + schedule
   6. resume   7. training loop (log, evaluate, checkpoint)   8. final evaluation and export (main process)
+
+Exit status: 0 trained and exported; 2 a user error (one line: config, data, checkpoint, unsafe weights);
+3 stopped after run.max_consecutive_nonfinite_steps NaN/Inf steps, with a checkpoint to resume from
+(docs/running_at_scale.md).
 """
 
 from __future__ import annotations
@@ -62,9 +66,10 @@ from routerforge.models.difficulty_data import (
     outcome_samples,
 )
 from routerforge.registry.export import register_run_export
-from routerforge.train import checkpointing, faults
+from routerforge.train import checkpointing, faults, nan_guard
 from routerforge.train.accelerator_setup import (
     build_accelerator,
+    peak_accelerator_memory_bytes,
     seed_for_model_init,
     seed_for_training,
     world_description,
@@ -386,7 +391,7 @@ def main(argv: list[str] | None = None) -> dict:
     # ------------------------------------------------------------------------------------------------
     # 6. Resume: model, optimizer, scheduler, every process's RNG, dataloader position, step counters
     # ------------------------------------------------------------------------------------------------
-    optimizer_step, epoch, batches_done = 0, 0, 0
+    optimizer_step, epoch, batches_done, state = 0, 0, 0, None
     if resume_from is not None:
         checkpointing.check_resume_compatible(
             resumed_state, recipe=RECIPE, world_size=accelerator.num_processes,
@@ -397,6 +402,15 @@ def main(argv: list[str] | None = None) -> dict:
         epoch, batches_done = normalize_position(state.epoch, state.batches_done_in_epoch, batches_per_epoch)
         accelerator.print(f"resumed from {resume_from} (optimizer step {optimizer_step}, epoch {epoch}, "
                           f"micro-batch {batches_done})")
+    guard = nan_guard.guard_for_run(cfg.run.max_consecutive_nonfinite_steps, state)
+
+    def trainer_state() -> checkpointing.TrainerState:
+        return checkpointing.TrainerState(
+            recipe=RECIPE, optimizer_step=optimizer_step, epoch=epoch, batches_done_in_epoch=batches_done,
+            world_size=accelerator.num_processes, micro_batch_size=cfg.run.micro_batch_size,
+            gradient_accumulation_steps=cfg.run.gradient_accumulation_steps, data_fingerprint=data.fingerprint,
+            tracking_run_id=tracking_run_id, seed=cfg.run.seed, skipped_nonfinite_steps=guard.skipped_steps,
+            consecutive_nonfinite_steps=guard.consecutive_skipped_steps)
 
     # ------------------------------------------------------------------------------------------------
     # 7. Training loop
@@ -404,7 +418,8 @@ def main(argv: list[str] | None = None) -> dict:
     unwrapped = accelerator.unwrap_model(router)
     progress = tqdm(total=total_optimizer_steps, initial=optimizer_step, desc=RECIPE, unit="step",
                     disable=not (accelerator.is_main_process and cfg.run.progress_bar))
-    window_loss, window_batches = torch.zeros((), device=accelerator.device), 0
+    # Loss sum and count of the finite micro-batches since the last log, summed over processes at log time.
+    window = torch.zeros(2, device=accelerator.device)
     window_parts: dict[str, tuple] = {}  # head -> (sum of batch losses, batches with its labels)
     last_train_loss, history = float("nan"), []
     samples_seen, loop_started = 0, time.perf_counter()
@@ -414,49 +429,55 @@ def main(argv: list[str] | None = None) -> dict:
             with accelerator.accumulate(router):
                 outputs = router(batch["input_ids"], batch["attention_mask"])
                 loss, parts = difficulty_router_loss(outputs, batch, loss_weights)
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and cfg.optim.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(router.parameters(), cfg.optim.max_grad_norm)
-                optimizer.step()  # accelerate skips it until the last micro-batch of the accumulation
-                optimizer.zero_grad()
+                # NaN/Inf on ANY process: every process skips this optimizer step (routerforge/train/nan_guard.py).
+                if nan_guard.update_allowed(guard, accelerator, loss, optimizer_step + 1):
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients and cfg.optim.max_grad_norm > 0:
+                        accelerator.clip_grad_norm_(router.parameters(), cfg.optim.max_grad_norm)
+                    optimizer.step()  # accelerate skips it until the last micro-batch of the accumulation
+                    window += torch.stack([loss.detach().float(), torch.ones((), device=accelerator.device)])
+                    for name, value in parts.items():  # a head's loss: averaged over the batches with its labels
+                        total, count = window_parts.get(name, (0.0, 0.0))
+                        window_parts[name] = (total + value, count + (label_counts(batch)[name] > 0).float())  # no sync
+                optimizer.zero_grad()  # at the window's end this also drops the gradients of a skipped step
             batches_done += 1
             samples_seen += int(batch["input_ids"].shape[0])
-            window_loss += loss.detach()
-            for name, value in parts.items():  # a head's loss is averaged over the batches that hold its labels
-                total, count = window_parts.get(name, (0.0, 0.0))
-                window_parts[name] = (total + value, count + (label_counts(batch)[name] > 0).float())  # no host sync
-            window_batches += 1
             if not accelerator.sync_gradients:
                 continue
-            scheduler.step()
+            skipped = nan_guard.close_optimizer_step(guard)
+            scheduler.step()  # a skipped step keeps its schedule slot: the LR stays a function of the step number
             optimizer_step += 1
             progress.update(1)
 
-            if optimizer_step % cfg.tracking.log_every_optimizer_steps == 0 or optimizer_step == total_optimizer_steps:
-                last_train_loss = accelerator.reduce(window_loss / window_batches, reduction="mean").item()
+            if (skipped or optimizer_step % cfg.tracking.log_every_optimizer_steps == 0
+                    or optimizer_step == total_optimizer_steps):
+                loss_sum, loss_count = accelerator.reduce(window, reduction="sum").tolist()
+                last_train_loss = loss_sum / loss_count if loss_count else float("nan")
                 part_means = {}
                 for name, (total, count) in window_parts.items():
                     sums = accelerator.reduce(torch.stack([total, count]).float(), reduction="sum")
                     if sums[1] > 0:  # no batch of the window held this head's labels: nothing to log
                         part_means[f"train/{name}_loss"] = (sums[0] / sums[1]).item()
                 accelerator.log({"train/loss": last_train_loss, "train/lr": scheduler.get_last_lr()[0],
-                                 "train/epoch": epoch, **part_means}, step=optimizer_step)
+                                 "train/epoch": epoch, "train/skipped_nonfinite_steps": guard.skipped_steps,
+                                 **part_means}, step=optimizer_step)
                 history.append({"optimizer_step": optimizer_step, "train_loss": last_train_loss,
-                                **{k.split("/", 1)[1]: v for k, v in part_means.items()}})
+                                "skipped_nonfinite": skipped, **{k.split("/", 1)[1]: v for k, v in part_means.items()}})
                 progress.set_postfix(loss=f"{last_train_loss:.4f}")
-                window_loss, window_batches, window_parts = torch.zeros((), device=accelerator.device), 0, {}
+                window, window_parts = torch.zeros(2, device=accelerator.device), {}
             if (eval_loader is not None and cfg.run.eval_every_optimizer_steps
                     and optimizer_step % cfg.run.eval_every_optimizer_steps == 0):
                 metrics = evaluate(accelerator, unwrapped, eval_loader)
                 accelerator.log({f"eval/{k}": v for k, v in metrics.items()}, step=optimizer_step)
             if cfg.checkpoint.every_optimizer_steps and optimizer_step % cfg.checkpoint.every_optimizer_steps == 0:
-                checkpointing.save_checkpoint(accelerator, run_dir, checkpointing.TrainerState(
-                    recipe=RECIPE, optimizer_step=optimizer_step, epoch=epoch, batches_done_in_epoch=batches_done,
-                    world_size=accelerator.num_processes, micro_batch_size=cfg.run.micro_batch_size,
-                    gradient_accumulation_steps=cfg.run.gradient_accumulation_steps,
-                    data_fingerprint=data.fingerprint, tracking_run_id=tracking_run_id, seed=cfg.run.seed,
-                ), keep_last=cfg.checkpoint.keep_last)
+                checkpointing.save_checkpoint(accelerator, run_dir, trainer_state(), keep_last=cfg.checkpoint.keep_last)
             faults.maybe_hang(run_dir, optimizer_step, accelerator.process_index)
+            if nan_guard.must_stop(guard):  # diverged: keep the last good weights and stop with exit status 3
+                saved = checkpointing.save_checkpoint(accelerator, run_dir, trainer_state(),
+                                                      keep_last=cfg.checkpoint.keep_last)
+                progress.close()
+                accelerator.end_training()
+                raise nan_guard.stop_error(guard, optimizer_step, saved)
             if optimizer_step >= total_optimizer_steps:
                 break
         epoch, batches_done = epoch + 1, 0
@@ -478,9 +499,11 @@ def main(argv: list[str] | None = None) -> dict:
                            f"data-parallel training went out of sync.")
     export_dir = export_dir_for(cfg.run, cfg.export, RECIPE)
     throughput = {"train_samples": total_samples, "train_loop_seconds": loop_seconds,
-                  "train_samples_per_second": total_samples / loop_seconds if loop_seconds > 0 else float("nan")}
+                  "train_samples_per_second": total_samples / loop_seconds if loop_seconds > 0 else float("nan"),
+                  "peak_accelerator_memory_bytes": peak_accelerator_memory_bytes()}
     result = {"export_dir": str(export_dir), "run_dir": str(run_dir), "optimizer_steps": optimizer_step,
-              "tracking": tracking.to_dict(), "metrics": final_eval, "throughput": throughput}
+              "tracking": tracking.to_dict(), "metrics": final_eval, "throughput": throughput,
+              "skipped_nonfinite_steps": guard.skipped_steps}
     if accelerator.is_main_process:
         router_config = {
             "router_type": ROUTER_TYPE, "model_pool": model_pool, "heads": head_spec.to_dict(),
@@ -502,7 +525,7 @@ def main(argv: list[str] | None = None) -> dict:
                       "resumed_from": str(resume_from) if resume_from else None,
                       "trainable_parameters": sum(p.numel() for p in unwrapped.parameters() if p.requires_grad),
                       "frozen_unused_parameters": frozen_unused, "param_sha256_per_process": digests,
-                      "loss_history": history, **throughput},
+                      "loss_history": history, "skipped_nonfinite_steps": guard.skipped_steps, **throughput},
             metrics={"train_loss": last_train_loss, **{f"{cfg.data.eval_split}_{k}": v for k, v in final_eval.items()}},
         )
         export_difficulty_router(export_dir, unwrapped, tokenizer, router_config, manifest)

@@ -46,7 +46,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from routerforge.errors import ConfigError
@@ -362,15 +362,35 @@ def save_router(router: DifficultyRouter, tokenizer, directory: Path, router_con
 
 
 def load_router(directory: str | Path) -> tuple[DifficultyRouter, object, dict]:
-    """(router in eval mode, tokenizer, config.json) of an exported difficulty router."""
+    """(router in eval mode, tokenizer, config.json) of an exported difficulty router.
+
+    Weights are read from safetensors only: the heads through `load_export_weights` (a pickle is refused
+    unread, and the file must match the manifest's sha256), the backbone with `use_safetensors=True`, so a
+    pytorch_model.bin planted next to it is never unpickled.
+    """
+    from safetensors import SafetensorError
     from transformers import AutoModel, AutoTokenizer
+
+    from routerforge.train.export import UnsafeWeightsError, load_export_weights, safetensors_problem
 
     directory = Path(directory)
     config = json.loads((directory / ROUTER_CONFIG_FILE).read_text(encoding="utf-8"))
     if config.get("router_type") != ROUTER_TYPE:
         raise ConfigError(f"{directory}: router_type is {config.get('router_type')!r}, not '{ROUTER_TYPE}'.")
     heads = DifficultyHeads(HeadSpec(**config["heads"]))
-    heads.load_state_dict(load_file(str(directory / HEADS_FILE)))
-    backbone = AutoModel.from_pretrained(str(directory / BACKBONE_DIR))
+    heads.load_state_dict(load_export_weights(directory, HEADS_FILE))
+    # Only the header is read here (cheap even for a large backbone): a pickle renamed to *.safetensors gets
+    # the same one-line refusal as the heads instead of safetensors' raw parser error.
+    for weights in sorted((directory / BACKBONE_DIR).glob("*.safetensors")):
+        problem = safetensors_problem(weights)
+        if problem is not None:
+            raise UnsafeWeightsError(f"{weights}: refused, the file is {problem}; RouterForge loads weights "
+                                     f"only from safetensors and never unpickles them. Re-export the router "
+                                     f"with RouterForge.")
+    try:
+        backbone = AutoModel.from_pretrained(str(directory / BACKBONE_DIR), use_safetensors=True)
+    except SafetensorError as exc:
+        raise UnsafeWeightsError(f"{directory / BACKBONE_DIR}: not a readable safetensors file ({exc}); "
+                                 f"re-export the router.") from None
     tokenizer = AutoTokenizer.from_pretrained(str(directory / TOKENIZER_DIR))
     return DifficultyRouter(backbone, heads, config["pooling"]).eval(), tokenizer, config

@@ -282,10 +282,8 @@ class ProbeRouter:
 
 def load_probe_router(export_dir: str | Path) -> ProbeRouter:
     """Load an export of training/train_probe.py; CheckpointError if files are missing, altered or not a probe."""
-    from safetensors.torch import load_file
-
     from routerforge.data.dataset_io import sha256_file
-    from routerforge.train.export import CONFIG_FILE, MANIFEST_FILE, WEIGHTS_FILE
+    from routerforge.train.export import CONFIG_FILE, MANIFEST_FILE, WEIGHTS_FILE, load_export_weights
 
     export_dir = Path(export_dir)
     for name in (WEIGHTS_FILE, CONFIG_FILE, MANIFEST_FILE):
@@ -303,7 +301,8 @@ def load_probe_router(export_dir: str | Path) -> ProbeRouter:
                               f"'{ROUTER_TYPE}'.")
     probe = build_probe(config)
     try:
-        probe.load_state_dict(load_file(str(export_dir / WEIGHTS_FILE)))
+        # safetensors only: a pickle under this name is refused unread (UnsafeWeightsError), never unpickled
+        probe.load_state_dict(load_export_weights(export_dir, WEIGHTS_FILE))
     except RuntimeError as exc:
         raise CheckpointError(f"{export_dir / WEIGHTS_FILE} does not match its config.json: "
                               f"{str(exc).splitlines()[0]}") from None

@@ -116,16 +116,11 @@ def build_prompt_embedder(block: dict, expected_dim: int, *, batch_size: int, de
 
 
 def _load_weights(directory: Path) -> dict:
-    """The tensors of model.safetensors (its sha256 was verified); a file that is not safetensors is refused
-    unread by the safetensors parser, never unpickled."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    """The tensors of model.safetensors: a file that is not safetensors (a pickle renamed, even with its
+    manifest sha256 rewritten to match) is refused unread with UnsafeWeightsError, never unpickled."""
+    from routerforge.train.export import load_export_weights
 
-    try:
-        return load_file(str(directory / WEIGHTS_FILE))
-    except (SafetensorError, OSError) as err:
-        raise CheckpointError(f"{directory / WEIGHTS_FILE}: not a readable safetensors file ({err}); "
-                              f"re-export.") from None
+    return load_export_weights(directory, WEIGHTS_FILE)
 
 
 def _index_of(models: tuple[str, ...]) -> dict[str, int]:

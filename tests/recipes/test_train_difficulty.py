@@ -7,6 +7,8 @@ Arena votes) / micro-batch 16 = 9 micro-batches per epoch on 1 process (5 per pr
 from __future__ import annotations
 
 import hashlib
+import json
+import math
 import re
 import subprocess
 
@@ -19,6 +21,7 @@ from routerforge.data.dataset_io import load_prepared
 from routerforge.errors import CheckpointError
 from routerforge.models.difficulty import DifficultyHeads, HeadSpec, load_router
 from routerforge.train.consistency import parameter_digest
+from routerforge.train.faults import NONFINITE_LOSS_STEPS_ENV, NONFINITE_LOSS_VALUE_ENV
 from tests.fixtures.recipe_runner import (
     ACCELERATE,
     REPO_ROOT,
@@ -167,7 +170,8 @@ def test_heads_follow_the_data(backbone, tmp_path):
     assert config["heads"]["num_candidates"] == 0 and config["heads"]["difficulty"] is False
     assert config["heads"]["num_models"] == len(load_prepared(votes_only).models) == 10
     assert set(heads) == {"win.weight", "win.bias"} and config["reference_model"] is None
-    assert set(manifest["training"]["loss_history"][0]) == {"optimizer_step", "train_loss", "win_loss"}
+    assert set(manifest["training"]["loss_history"][0]) == {"optimizer_step", "train_loss", "skipped_nonfinite",
+                                                            "win_loss"}
 
     outcomes_only = write_outcomes_and_pairs(tmp_path / "data", "mmlu", "v1", read_mmlu_outcomes(per_subject=8), [])
     run_recipe_in_process("train_difficulty", argv(outcomes_only, tmp_path / "b", backbone, "run.max_optimizer_steps=2",
@@ -255,5 +259,103 @@ def test_two_processes_really_run_and_agree(tiny_data, backbone, tmp_path):
     assert training["optimizer_steps"] == 15
     step_dirs = sorted(p.name for p in (tmp_path / "difficulty" / "difficulty-tiny").glob("step-*"))
     assert step_dirs == ["step-000008", "step-000012"]  # checkpoint every 4 steps, keep_last 2
-    assert proc.stdout.count("checkpoint: ") == 1  # only the main process prints and exports
+    # only the main process exports (and prints it; "registered checkpoint: ..." is another line)
+    assert [line.startswith("checkpoint: ") for line in proc.stdout.splitlines()].count(True) == 1
     assert export_files(export_dir) == EXPORT_FILES
+
+
+def step_weights(run_dir, step: int) -> dict[str, torch.Tensor]:
+    """The whole router (backbone + heads) as saved in a step checkpoint."""
+    return load_file(str(run_dir / f"step-{step:06d}" / "model.safetensors"))
+
+
+def step_adam_state(run_dir, step: int) -> dict:
+    return torch.load(run_dir / f"step-{step:06d}" / "optimizer.bin", weights_only=True)["state"]
+
+
+def step_trainer_state(run_dir, step: int) -> dict:
+    return json.loads((run_dir / f"step-{step:06d}" / "trainer_state.json").read_text())
+
+
+def assert_same_tensors(a: dict, b: dict, what: str) -> None:
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), f"{name} differs: {what}"
+
+
+def test_nonfinite_loss_steps_are_skipped_with_weights_unchanged_and_counted(tiny_data, backbone, tmp_path,
+                                                                              monkeypatch):
+    # Real NaN losses at optimizer steps 4 and 5 (routerforge/train/faults.py); the guard is
+    # routerforge/train/nan_guard.py. Every step is checkpointed so each skipped step can be inspected.
+    monkeypatch.setenv(NONFINITE_LOSS_STEPS_ENV, "4,5")
+    monkeypatch.setenv(NONFINITE_LOSS_VALUE_ENV, "nan")
+    result = run_recipe_in_process("train_difficulty", argv(
+        tiny_data, tmp_path, backbone, "run.max_optimizer_steps=7", "checkpoint.every_optimizer_steps=1",
+        "checkpoint.keep_last=100"))
+    run_dir = tmp_path / "difficulty" / "difficulty-tiny"
+    # Steps 4 and 5 changed nothing: backbone + heads and AdamW's moments are exactly those after step 3.
+    for step in (4, 5):
+        assert_same_tensors(step_weights(run_dir, step), step_weights(run_dir, 3), f"skipped step {step}")
+        reference_moments = step_adam_state(run_dir, 3)
+        for param, moments in step_adam_state(run_dir, step).items():
+            for key in ("exp_avg", "exp_avg_sq", "step"):
+                assert torch.equal(moments[key], reference_moments[param][key]), f"step {step}: {param} {key}"
+    after_6, after_5 = step_weights(run_dir, 6), step_weights(run_dir, 5)
+    assert not torch.equal(after_6["heads.win.weight"], after_5["heads.win.weight"])  # trains again after
+    assert [(step_trainer_state(run_dir, s)["skipped_nonfinite_steps"],
+             step_trainer_state(run_dir, s)["consecutive_nonfinite_steps"]) for s in (3, 4, 5, 6, 7)] == [
+        (0, 0), (1, 1), (2, 2), (2, 0), (2, 0)]
+
+    _, _, manifest = read_export(export_of(tmp_path))
+    history = manifest["training"]["loss_history"]
+    assert [h["optimizer_step"] for h in history] == list(range(1, 8))  # a skipped step keeps its slot
+    assert [h["optimizer_step"] for h in history if h["skipped_nonfinite"]] == [4, 5]
+    for h in history:  # the logging window holds only finite micro-batches: a skipped step logs no loss
+        assert math.isnan(h["train_loss"]) == h["skipped_nonfinite"]
+        if h["skipped_nonfinite"]:
+            assert set(h) == {"optimizer_step", "train_loss", "skipped_nonfinite"}
+        else:
+            assert math.isfinite(h["candidates_loss"]) and math.isfinite(h["difficulty_loss"])
+    assert manifest["training"]["skipped_nonfinite_steps"] == result["skipped_nonfinite_steps"] == 2
+    assert manifest["training"]["optimizer_steps"] == result["optimizer_steps"] == 7
+    peak = manifest["training"]["peak_accelerator_memory_bytes"]  # bytes on CUDA; None on CPU (no such counter)
+    assert (peak > 0) if torch.cuda.is_available() else (peak is None)
+    router, _, _ = load_router(export_of(tmp_path))
+    assert all(torch.isfinite(p).all() for p in router.parameters())
+
+
+@pytest.mark.slow
+def test_consecutive_nonfinite_steps_end_the_run_with_a_checkpoint_and_exit_3(tiny_data, backbone, tmp_path,
+                                                                               monkeypatch):
+    common = ["run.max_optimizer_steps=9", "checkpoint.every_optimizer_steps=4", "checkpoint.keep_last=100"]
+    # Reference: the same NaN steps under the default limit (10), which they do not reach (in-process, fast).
+    monkeypatch.setenv(NONFINITE_LOSS_STEPS_ENV, "4,5,6")
+    run_recipe_in_process("train_difficulty", argv(tiny_data, tmp_path / "reference", backbone, *common))
+    monkeypatch.delenv(NONFINITE_LOSS_STEPS_ENV)
+
+    out = tmp_path / "stopped"
+    args = overrides(tiny_data, out, backbone, *common, "run.max_consecutive_nonfinite_steps=3")
+    stopped = run_recipe(SCRIPT, CONFIG, args, env=recipe_env(**{NONFINITE_LOSS_STEPS_ENV: "4,5,6"}), check=False)
+    assert stopped.returncode == 3, stopped.stderr[-2000:]
+    assert "Traceback" not in stopped.stderr
+    run_dir = out / "difficulty" / "difficulty-tiny"
+    assert stopped.stderr.strip().splitlines()[-1] == (
+        "error: training stopped at optimizer step 6: the loss was NaN/Inf in 3 consecutive optimizer steps "
+        "(run.max_consecutive_nonfinite_steps=3; 3 skipped in this run); the last good weights are in "
+        f"{run_dir / 'step-000006'}. Lower optim.lr, set optim.max_grad_norm or check the data, then continue "
+        "with resume=auto.")
+    # A complete checkpoint at the stop (step 6 is off the every-4 cadence), holding the last good weights; no export.
+    assert sorted(p.name for p in run_dir.glob("step-*")) == ["step-000004", "step-000006"]
+    state = step_trainer_state(run_dir, 6)
+    assert (state["skipped_nonfinite_steps"], state["consecutive_nonfinite_steps"]) == (3, 3)
+    assert_same_tensors(step_weights(run_dir, 6), step_weights(run_dir, 4), "skipped steps 5-6")
+    assert not (run_dir / "final").exists() and not list(run_dir.parent.glob(".tmp-*"))
+
+    # With the cause gone, resume=auto continues from the stop and ends bit-identical to the reference.
+    resumed = run_recipe(SCRIPT, CONFIG, [*args, "resume=auto"])
+    assert f"resumed from {run_dir / 'step-000006'} (optimizer step 6" in resumed.stdout
+    for name in ("model.safetensors", "backbone/model.safetensors"):
+        assert_same_tensors(load_file(str(export_of(out) / name)),
+                            load_file(str(export_of(tmp_path / "reference") / name)), f"resumed vs reference: {name}")
+    _, _, manifest = read_export(export_of(out))
+    assert manifest["training"]["skipped_nonfinite_steps"] == 3 and manifest["training"]["optimizer_steps"] == 9

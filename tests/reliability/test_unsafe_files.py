@@ -148,9 +148,6 @@ def test_router_from_pretrained_never_unpickles_a_payload(poisoned_export, kind)
         assert not marker.exists()
 
 
-@pytest.mark.xfail(strict=True, reason="routerforge/registry/families.py reads weights with safetensors' load_file, "
-                   "whose SafetensorError is not a RouterForgeError; it should call "
-                   "routerforge.train.export.load_export_weights (reported to the lead)")
 def test_router_from_pretrained_names_the_refused_file(poisoned_export):
     from routerforge.router import Router
 
@@ -184,4 +181,79 @@ def test_cluster_base_router_loader_refuses_a_pickle(poisoned_export):
     encoder = json.loads((export_dir / "manifest.json").read_text())["encoder"]
     with pytest.raises(UnsafeWeightsError, match="refused, the file is a zip archive"):
         load_recipe_module("train_cluster").load_base_router(export_dir, encoder)
+    assert not marker.exists()
+
+
+def match_manifest_file(export_dir: Path, rel: str) -> None:
+    """Like match_manifest, for any listed file (the difficulty export lists its backbone weights too)."""
+    manifest_path = export_dir / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["files"][rel] = hashlib.sha256((export_dir / rel).read_bytes()).hexdigest()
+    manifest_path.write_text(json.dumps(manifest))
+
+
+@pytest.fixture(scope="module")
+def difficulty_export(tmp_path_factory):
+    """A hand-made difficulty export (tiny random DeBERTa-v2 + heads) with a manifest of its files' sha256."""
+    from routerforge.data.dataset_io import tree_sha256
+    from routerforge.models.difficulty import (
+        DifficultyHeads,
+        DifficultyRouter,
+        HeadSpec,
+        load_backbone,
+        save_router,
+    )
+    from tests.fixtures.tiny_deberta import tiny_deberta_spec
+
+    backbone, tokenizer, _ = load_backbone(tiny_deberta_spec(tmp_path_factory))
+    heads = DifficultyHeads(HeadSpec(hidden_size=32, num_candidates=1, difficulty=True, num_models=2, dropout=0.0))
+    export_dir = tmp_path_factory.mktemp("difficulty") / "export"
+    save_router(DifficultyRouter(backbone, heads, "cls"), tokenizer, export_dir,
+                {"router_type": "difficulty", "heads": heads.spec.to_dict(), "pooling": "cls"})
+    (export_dir / "manifest.json").write_text(json.dumps({"files": tree_sha256(export_dir)}))
+    return export_dir
+
+
+@pytest.mark.parametrize("planted", ["model.safetensors", "backbone/model.safetensors"])
+def test_difficulty_loader_refuses_a_pickle_in_heads_or_backbone(difficulty_export, tmp_path, planted):
+    from routerforge.models.difficulty import load_router
+
+    export_dir = tmp_path / "export"
+    shutil.copytree(difficulty_export, export_dir)
+    load_router(export_dir)  # the untouched copy loads
+    marker = tmp_path / "UNPICKLED"
+    write_payload(export_dir / planted, "pickle_protocol_5", marker)
+    match_manifest_file(export_dir, planted)
+    with pytest.raises(UnsafeWeightsError, match=f"{planted}: refused, the file is a Python pickle"):
+        load_router(export_dir)
+    assert not marker.exists()
+
+
+def test_difficulty_loader_never_reads_a_pytorch_model_bin(difficulty_export, tmp_path):
+    # Only the pickle is offered (model.safetensors removed): from_pretrained(use_safetensors=True) must not
+    # fall back to it.
+    from routerforge.models.difficulty import load_router
+
+    export_dir = tmp_path / "export"
+    shutil.copytree(difficulty_export, export_dir)
+    (export_dir / "backbone" / "model.safetensors").unlink()
+    marker = tmp_path / "UNPICKLED"
+    torch.save({"embeddings.word_embeddings.weight": Payload(marker)}, export_dir / "backbone" / "pytorch_model.bin")
+    with pytest.raises(OSError, match="model.safetensors"):
+        load_router(export_dir)
+    assert not marker.exists()
+
+
+def test_probe_loader_refuses_a_pickle_with_a_matching_manifest(tmp_path):
+    from routerforge.models.probe import LinearProbe, load_probe_router
+    from routerforge.train.export import export_router
+
+    config = {"router_type": "probe", "probe_kind": "linear", "input_dim": 8, "layer": 1, "pooling": "mean",
+              "temperature": 1.0, "weak_model": "weak", "strong_model": "strong", "lm": {}}
+    export_dir = export_router(tmp_path / "export", LinearProbe(8).state_dict(), config, {"recipe": "probe"})
+    marker = tmp_path / "UNPICKLED"
+    write_payload(export_dir / "model.safetensors", "torch_save_zip", marker)
+    match_manifest(export_dir)
+    with pytest.raises(UnsafeWeightsError, match="model.safetensors: refused, the file is a zip archive"):
+        load_probe_router(export_dir)
     assert not marker.exists()
