@@ -3,7 +3,12 @@
 import csv
 
 from routerforge.data.config import ConvertConfig, SourceConfig
-from routerforge.data.convert import groups_by_prompt, judge_score_pairs, outcome_pairs, routellm_threshold_pairs
+from routerforge.data.convert import (
+    groups_by_prompt,
+    judge_score_pairs,
+    outcome_pairs,
+    routellm_threshold_pairs,
+)
 from routerforge.data.records import make_judge_score, make_outcome
 from routerforge.data.report import Ledger
 
