@@ -1,0 +1,610 @@
+"""Train a Router-R1 policy with PPO: an LLM that thinks, calls pool models, and answers (issue 6 §3).
+
+    accelerate launch training/train_router_r1.py --config configs/router_r1/qwen2_5_3b.yaml [key=value ...]
+    python training/train_router_r1.py --config configs/router_r1/tiny.yaml model.policy=<tiny model dir>
+    ... resume=auto                                   # continue the run from its newest complete checkpoint
+
+Router-R1 (Zhang, Feng, You 2025, arXiv 2506.09033; code ulab-uiuc/Router-R1, on veRL) trains the router
+as a policy LM: it writes <think>, calls a candidate model with <search> Model: query </search>, reads the
+<information> the environment inserts, and ends with <answer>. Reward: format, outcome (EM), cost
+(routerforge/rl/reward.py). Optimiser: PPO with a critic and a KL penalty to a frozen reference in the reward.
+
+Why our own PPO: TRL dropped its PPO trainer (TRL 1.x has no PPOTrainer), so RouterForge owns this loop;
+the math is routerforge/rl/ppo_math.py (veRL's, cited there), the tensors routerforge/rl/rollout_batch.py.
+
+Models: the ACTOR (any causal LM: Hub id or local dir), the CRITIC (a separate copy of the LM trunk with
+a 1-unit value head, routerforge/rl/critic.py) and the frozen REFERENCE (another copy, never updated).
+`lora.enabled` puts LoRA adapters on the actor and the critic trunk (the value head trains fully).
+
+One PPO step (Router-R1's "training step"; the paper runs 225): sample rl.rollout_batch_size tasks ->
+multi-turn rollouts with `generate` stopping at </search> or </answer> (routerforge/rl/env.py inserts
+the candidates' answers) -> old, reference log-probs and values in one pass each -> token rewards = the
+episode reward on its last policy token minus kl_coef * KL(actor || reference) on every policy token ->
+GAE -> rl.ppo_epochs passes over mini-batches of rl.mini_batch_size episodes, each one optimizer step of
+the actor (clipped policy loss - entropy_coef * entropy) and one of the critic (clipped value loss).
+Every loss term is masked to the tokens the policy sampled: the inserted <information> tokens and the
+padding have weight 0 ("state masking", Router-R1's actor.state_masking=true).
+
+Reads top to bottom:
+  1. config   2. accelerate, seeds, run dir, tracking   3. tasks, pool, environment   4. models
+  5. optimizers + schedules   6. resume   7. PPO loop (rollout, advantages, updates, log, checkpoint)
+  8. export (main process): the policy (save_pretrained), the value head, the pool config, the manifest
+
+Exit status: 0 trained and exported; 2 a user error (one line); 3 stopped after
+run.max_consecutive_nonfinite_steps NaN/Inf updates, with a checkpoint to resume from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate.utils import broadcast_object_list
+from tqdm.auto import tqdm
+
+from routerforge.config import config_to_dict, doc
+from routerforge.errors import ConfigError, DataError
+from routerforge.registry.export import register_run_export
+from routerforge.registry.load import sha256_file
+from routerforge.rl import ppo_math
+from routerforge.rl.critic import build_value_model
+from routerforge.rl.env import EnvConfig, PolicyOutput, RoutingEnv
+from routerforge.rl.pool_config import PoolConfig, resolve_model_cards
+from routerforge.rl.pools import build_pool
+from routerforge.rl.protocol import STOP_TAGS
+from routerforge.rl.reward import CostNormalizer, RewardConfig
+from routerforge.rl.rollout_batch import RolloutBatch, collate_rollouts, response_log_probs, response_values
+from routerforge.rl.tasks import GSM8K_RESPONSES, gsm8k_tasks_from_routellm, split_tasks
+from routerforge.train import checkpointing, faults, nan_guard
+from routerforge.train.accelerator_setup import (
+    build_accelerator,
+    peak_accelerator_memory_bytes,
+    seed_for_model_init,
+    seed_for_training,
+    world_description,
+)
+from routerforge.train.consistency import parameter_digest, parameter_digests
+from routerforge.train.entrypoint import run_recipe
+from routerforge.train.export import MANIFEST_FILE, build_manifest, export_router
+from routerforge.train.optimization import build_lr_scheduler, build_optimizer
+from routerforge.train.run_config import (
+    RESUME_HELP,
+    CheckpointConfig,
+    ExportConfig,
+    OptimConfig,
+    RunConfig,
+    TrackingConfig,
+    export_dir_for,
+    parse_recipe_args,
+    run_dir_for,
+)
+from routerforge.train.tracking import new_run_id, start_tracking
+
+RECIPE = "router_r1"
+REPO_DIR = Path(__file__).resolve().parents[1]
+TASK_SOURCES = ("gsm8k_routellm",)
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
+POLICY_DIR = "policy"
+POOL_CONFIG_FILE = "pool_config.json"
+
+
+# ----------------------------------------------------------------------------------------------------
+# 1. Config: shared blocks + model, lora, tasks, pool, env, reward and the PPO (rl) block
+# ----------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RouterR1ModelConfig:
+    policy: str = doc("the policy LM: Hub id or local directory of a causal LM (paper: Qwen2.5-3B-Instruct); the "
+                      "critic trunk and the reference start from the same weights", default="Qwen/Qwen2.5-3B-Instruct")
+    revision: str | None = doc("Hub revision (commit sha or tag) of model.policy; None: the default branch",
+                               default=None)
+    dtype: str = doc("weights dtype: float32, bfloat16, float16 or auto (the checkpoint's)", default="float32")
+    use_chat_template: bool = doc("wrap the prompt in the tokenizer's chat template as a user turn when it has one "
+                                  "(Router-R1/Search-R1 do)", default=True)
+
+    def __post_init__(self) -> None:
+        if not self.policy.strip():
+            raise ValueError("model.policy must name a causal LM (Hub id or local directory)")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"model.dtype must be one of {', '.join(DTYPES)}, got '{self.dtype}'")
+
+
+@dataclass(frozen=True)
+class RouterR1LoraConfig:
+    enabled: bool = doc("train LoRA adapters on the actor and the critic trunk instead of all weights", default=False)
+    r: int = doc("LoRA rank (count)", default=16)
+    alpha: float = doc("LoRA alpha (scaling = alpha / r, unitless)", default=32.0)
+    dropout: float = doc("dropout on the LoRA input (probability)", default=0.05)
+    target_modules: list[str] = doc("module names that get adapters (Qwen2/Llama attention and MLP projections)",
+                                    default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
+                                                             "up_proj", "down_proj"])
+
+    def __post_init__(self) -> None:
+        if self.r < 1:
+            raise ValueError(f"lora.r must be >= 1, got {self.r}")
+        if self.alpha <= 0:
+            raise ValueError(f"lora.alpha must be > 0, got {self.alpha}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"lora.dropout must be in [0, 1), got {self.dropout}")
+        if self.enabled and not self.target_modules:
+            raise ValueError("lora.target_modules is empty; name the modules that get adapters")
+
+
+@dataclass(frozen=True)
+class RouterR1TaskConfig:
+    source: str = doc("where the training questions come from: gsm8k_routellm (RouteLLM's recorded GSM8K answers; "
+                      "routerforge/rl/tasks.py)", default="gsm8k_routellm")
+    path: str = doc("the task table (path)", default=GSM8K_RESPONSES)
+    max_rows: int | None = doc("read only the first N questions (count); None: all", default=None)
+    test_fraction: float = doc("share of the tasks held out from training (0-1), by a seeded hash of the prompt id",
+                               default=0.1)
+    split_seed: int = doc("seed of the train/test hash split", default=0)
+
+    def __post_init__(self) -> None:
+        if self.source not in TASK_SOURCES:
+            raise ValueError(f"tasks.source must be one of {', '.join(TASK_SOURCES)}, got '{self.source}'")
+        if self.max_rows is not None and self.max_rows < 1:
+            raise ValueError(f"tasks.max_rows must be >= 1 or null, got {self.max_rows}")
+        if not 0.0 <= self.test_fraction < 1.0:
+            raise ValueError(f"tasks.test_fraction must be in [0, 1), got {self.test_fraction}")
+
+
+@dataclass(frozen=True)
+class PPOConfig:
+    gamma: float = doc("GAE discount per policy token (0-1; veRL/Router-R1: 1.0)", default=1.0)
+    lam: float = doc("GAE lambda (0-1; veRL/Router-R1: 1.0)", default=1.0)
+    clip_ratio: float = doc("PPO clip range of the probability ratio (unitless; paper: 0.2)", default=0.2)
+    value_clip: float = doc("clip range of the new value around the old one (value units; veRL: 0.5)", default=0.5)
+    entropy_coef: float = doc("weight of the entropy bonus (unitless; veRL default 0.001)", default=0.001)
+    kl_coef: float = doc("beta of the KL(actor || reference) penalty in the token rewards (unitless; paper: 0.001)",
+                         default=0.001)
+    kl_estimator: str = doc("per-token KL estimator: k1, k2, k3 or abs (ppo_math.kl_penalty; veRL default k1)",
+                            default="k1")
+    whiten_advantages: bool = doc("normalise the advantages over the policy tokens of the batch (veRL does)",
+                                  default=True)
+    ppo_epochs: int = doc("passes over each rollout batch (count; paper: 1)", default=1)
+    rollout_batch_size: int = doc("episodes per PPO step over all processes (episodes; paper: 64)", default=64)
+    mini_batch_size: int = doc("episodes per optimizer update over all processes (episodes; paper: 32); "
+                               "run.micro_batch_size episodes go through each forward pass", default=32)
+    max_new_tokens: int = doc("tokens the policy may generate per turn (tokens; Router-R1: 500)", default=500)
+    max_prompt_tokens: int = doc("longest prompt accepted (tokens; Router-R1: 4096); a longer one is an error",
+                                 default=4096)
+    max_response_tokens: int = doc("longest response trained on, policy + inserted tokens (tokens); an episode "
+                                   "whose context would exceed it ends", default=4096)
+    temperature: float = doc("sampling temperature of the rollouts (> 0; paper: 1.0)", default=1.0)
+    top_p: float = doc("nucleus sampling mass of the rollouts (0-1]", default=1.0)
+    critic_lr: float = doc("critic learning rate (per optimizer step; paper: 1e-5); optim.lr is the actor's",
+                           default=1e-5)
+
+    def __post_init__(self) -> None:
+        if not (0.0 <= self.gamma <= 1.0 and 0.0 <= self.lam <= 1.0):
+            raise ValueError(f"rl.gamma and rl.lam must be in [0, 1], got {self.gamma}, {self.lam}")
+        for name in ("clip_ratio", "value_clip", "temperature", "critic_lr"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"rl.{name} must be > 0, got {getattr(self, name)}")
+        for name in ("entropy_coef", "kl_coef"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"rl.{name} must be >= 0, got {getattr(self, name)}")
+        if self.kl_estimator not in ppo_math.KL_ESTIMATORS:
+            raise ValueError(f"rl.kl_estimator must be one of {', '.join(ppo_math.KL_ESTIMATORS)}, "
+                             f"got '{self.kl_estimator}'")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"rl.top_p must be in (0, 1], got {self.top_p}")
+        for name in ("ppo_epochs", "rollout_batch_size", "mini_batch_size", "max_new_tokens", "max_prompt_tokens",
+                     "max_response_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"rl.{name} must be >= 1, got {getattr(self, name)}")
+        if self.rollout_batch_size % self.mini_batch_size:
+            raise ValueError(f"rl.rollout_batch_size ({self.rollout_batch_size}) must be a multiple of "
+                             f"rl.mini_batch_size ({self.mini_batch_size})")
+        if self.max_new_tokens > self.max_response_tokens:
+            raise ValueError(f"rl.max_new_tokens ({self.max_new_tokens}) must be <= rl.max_response_tokens "
+                             f"({self.max_response_tokens})")
+
+
+@dataclass(frozen=True)
+class RouterR1Config:
+    run: RunConfig = doc("run name, output dir, seed, length (run.max_optimizer_steps = PPO steps; paper: 225), "
+                         "micro_batch_size = episodes per forward pass",
+                         default_factory=lambda: RunConfig(name="router_r1", epochs=1, max_optimizer_steps=225,
+                                                           micro_batch_size=8))
+    model: RouterR1ModelConfig = doc("policy LM (actor; critic trunk and reference start from it)",
+                                     default_factory=RouterR1ModelConfig)
+    lora: RouterR1LoraConfig = doc("LoRA on actor and critic", default_factory=RouterR1LoraConfig)
+    tasks: RouterR1TaskConfig = doc("training questions", default_factory=RouterR1TaskConfig)
+    pool: PoolConfig = doc("candidate models the policy can call (routerforge/rl/pool_config.py)",
+                           default_factory=PoolConfig)
+    env: EnvConfig = doc("episode limits (routerforge/rl/env.py)", default_factory=EnvConfig)
+    reward: RewardConfig = doc("format / outcome / cost reward (routerforge/rl/reward.py)",
+                               default_factory=RewardConfig)
+    rl: PPOConfig = doc("PPO hyperparameters (paper: batch 64, mini-batch 32, KL 0.001)", default_factory=PPOConfig)
+    optim: OptimConfig = doc("actor optimizer (paper: AdamW, lr 1e-6); the critic uses the same with rl.critic_lr",
+                             default_factory=lambda: OptimConfig(name="adamw", lr=1e-6, weight_decay=0.01,
+                                                                 max_grad_norm=1.0))
+    tracking: TrackingConfig = doc("W&B / TensorBoard", default_factory=TrackingConfig)
+    checkpoint: CheckpointConfig = doc("step checkpoints (every N PPO steps)", default_factory=CheckpointConfig)
+    export: ExportConfig = doc("final export", default_factory=ExportConfig)
+    resume: str = doc(RESUME_HELP, default="never")
+
+
+def check_batch_geometry(cfg: RouterR1Config, world_size: int) -> tuple[int, int]:
+    """(rollout episodes, mini-batch episodes) per process; ConfigError naming the key when they do not divide."""
+    if cfg.run.gradient_accumulation_steps != 1:
+        raise ConfigError("run.gradient_accumulation_steps must be 1 for router_r1: a PPO update accumulates the "
+                          "micro-batches of one mini-batch itself (set rl.mini_batch_size and run.micro_batch_size).")
+    for key, size in (("rl.rollout_batch_size", cfg.rl.rollout_batch_size), ("rl.mini_batch_size",
+                                                                             cfg.rl.mini_batch_size)):
+        if size % world_size:
+            raise ConfigError(f"{key}={size} is not a multiple of the {world_size} processes; each process runs an "
+                              f"equal share.")
+    return cfg.rl.rollout_batch_size // world_size, cfg.rl.mini_batch_size // world_size
+
+
+# ----------------------------------------------------------------------------------------------------
+# Rollouts: the actor as the environment's policy (batched `generate`, stop at </search> or </answer>)
+# ----------------------------------------------------------------------------------------------------
+def templated_prompt(tokenizer, prompt: str, use_chat_template: bool) -> str:
+    if use_chat_template and getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                             add_generation_prompt=True)
+    return prompt
+
+
+def make_policy(actor, tokenizer, cfg: RouterR1Config, templates: dict[str, str], device: torch.device):
+    """The `Policy` RoutingEnv drives: contexts (prompt + response so far) -> one generated segment each.
+
+    templates: raw prompt -> the text the actor is conditioned on (chat-templated). A context that would
+    leave no room for max_new_tokens under max_prompt + max_response tokens gets an empty segment, which
+    ends its episode (the env then scores it; an unfinished trajectory breaks the format).
+    """
+    stop_strings = [f"</{tag}>" for tag in STOP_TAGS]
+    special_ids = {tokenizer.eos_token_id, tokenizer.pad_token_id} - {None}
+    budget = cfg.rl.max_prompt_tokens + cfg.rl.max_response_tokens - cfg.rl.max_new_tokens
+
+    def conditioned_on(context: str) -> str:
+        for raw, templated in templates.items():
+            if context.startswith(raw):
+                return templated + context[len(raw):]
+        raise RuntimeError("the environment passed a context that starts with no known prompt")
+
+    @torch.no_grad()
+    def policy(contexts: list[str]) -> list[PolicyOutput]:
+        texts = [conditioned_on(c) for c in contexts]
+        encoded = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+        outputs = [PolicyOutput("") for _ in texts]
+        live = [i for i, ids in enumerate(encoded) if len(ids) <= budget]
+        for start in range(0, len(live), cfg.run.micro_batch_size):
+            rows = live[start:start + cfg.run.micro_batch_size]
+            batch = tokenizer.pad({"input_ids": [encoded[i] for i in rows]}, padding=True, return_tensors="pt",
+                                  padding_side="left").to(device)
+            generated = actor.generate(
+                **batch, do_sample=True, temperature=cfg.rl.temperature, top_p=cfg.rl.top_p, top_k=0,
+                max_new_tokens=cfg.rl.max_new_tokens, stop_strings=stop_strings, tokenizer=tokenizer,
+                pad_token_id=tokenizer.pad_token_id)
+            for row, ids in zip(rows, generated[:, batch["input_ids"].shape[1]:].tolist(), strict=True):
+                # Cut at the first EOS/pad: the episode's text ends there (finished rows are padded).
+                end = next((k for k, token in enumerate(ids) if token in special_ids), len(ids))
+                ids = ids[:end]
+                outputs[row] = PolicyOutput(tokenizer.decode(ids, skip_special_tokens=True), tuple(ids))
+        return outputs
+
+    return policy
+
+
+def task_indices_for_step(num_tasks: int, per_process: int, seed: int, ppo_step: int, rank: int) -> list[int]:
+    """The tasks process `rank` rolls out at `ppo_step`: a function of (seed, step, rank) only, so a resume
+    at step k draws exactly what the interrupted run would have drawn."""
+    rng = np.random.default_rng([seed, ppo_step, rank])
+    return rng.choice(num_tasks, size=per_process, replace=num_tasks < per_process).tolist()
+
+
+def micro_batches(batch: RolloutBatch, rows: torch.Tensor, micro_batch_size: int):
+    for start in range(0, len(rows), micro_batch_size):
+        yield batch.rows(rows[start:start + micro_batch_size])
+
+
+def main(argv: list[str] | None = None) -> dict:
+    cfg = parse_recipe_args(RouterR1Config, argv, description=__doc__.splitlines()[0])
+
+    # ------------------------------------------------------------------------------------------------
+    # 2. accelerate, seeds, run directory, tracking
+    # ------------------------------------------------------------------------------------------------
+    run_dir = run_dir_for(cfg.run, RECIPE)
+    accelerator = build_accelerator(cfg.run, cfg.tracking, run_dir)
+    rollouts_per_process, mini_per_process = check_batch_geometry(cfg, accelerator.num_processes)
+    resume_from = checkpointing.resolve_resume(cfg.resume, run_dir)
+    resumed_state = checkpointing.TrainerState.read(resume_from) if resume_from else None
+    run_id_box = [resumed_state.tracking_run_id if resumed_state and resumed_state.tracking_run_id else new_run_id()]
+    broadcast_object_list(run_id_box)
+    tracking_run_id = run_id_box[0]
+    resolved_config = config_to_dict(cfg)
+    tracking = start_tracking(accelerator, cfg.tracking, run_dir, cfg.run.name, tracking_run_id, resolved_config)
+
+    # ------------------------------------------------------------------------------------------------
+    # 3. Tasks, candidate pool, environment (the cost normaliser's window is checkpointed with the run)
+    # ------------------------------------------------------------------------------------------------
+    all_tasks, task_report = gsm8k_tasks_from_routellm(cfg.tasks.path, max_rows=cfg.tasks.max_rows)
+    train_tasks, test_tasks = split_tasks(all_tasks, cfg.tasks.test_fraction, cfg.tasks.split_seed)
+    if not train_tasks:
+        raise DataError(f"{cfg.tasks.path}: no training task left ({task_report.kept} built, all held out); "
+                        f"raise tasks.max_rows or lower tasks.test_fraction.")
+    cards = resolve_model_cards(cfg.pool)
+    pool = build_pool(cfg.pool, cards, max_rows=cfg.tasks.max_rows)
+    normalizer = CostNormalizer.from_config(cfg.reward)
+    env = RoutingEnv(pool, cfg.reward, normalizer, cfg.env)
+    model_pool = [card.name for card in cards]
+    data_fingerprint = hashlib.sha256(json.dumps(
+        {"tasks": [t.prompt_id for t in train_tasks], "pool": config_to_dict(cfg.pool)}, sort_keys=True
+    ).encode()).hexdigest()
+
+    # ------------------------------------------------------------------------------------------------
+    # 4. Models: actor, critic (separate trunk + value head), frozen reference; LoRA optional
+    # ------------------------------------------------------------------------------------------------
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    seed_for_model_init(cfg.run.seed)
+    dtype = DTYPES[cfg.model.dtype]
+    tokenizer = AutoTokenizer.from_pretrained(cfg.model.policy, revision=cfg.model.revision)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    actor = AutoModelForCausalLM.from_pretrained(cfg.model.policy, revision=cfg.model.revision, dtype=dtype)
+    reference = AutoModelForCausalLM.from_pretrained(cfg.model.policy, revision=cfg.model.revision, dtype=dtype)
+    reference.requires_grad_(False).eval()
+    reference_digest = parameter_digest(reference)  # checked at the end: the reference must never move
+    critic = build_value_model(cfg.model.policy, dtype=dtype, revision=cfg.model.revision)
+    if cfg.lora.enabled:
+        from peft import LoraConfig, get_peft_model
+
+        lora = dict(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+                    target_modules=list(cfg.lora.target_modules))
+        actor = get_peft_model(actor, LoraConfig(task_type="CAUSAL_LM", **lora))
+        critic.trunk = get_peft_model(critic.trunk, LoraConfig(**lora))  # the value head stays fully trainable
+    templates = {}
+    prompt_tokens = {}
+    for task in train_tasks:
+        raw = env.prompt_for(task)
+        templates[raw] = templated_prompt(tokenizer, raw, cfg.model.use_chat_template)
+        prompt_tokens[raw] = tokenizer(templates[raw], add_special_tokens=False)["input_ids"]
+    longest = max(len(ids) for ids in prompt_tokens.values())
+    if longest > cfg.rl.max_prompt_tokens:
+        raise ConfigError(f"rl.max_prompt_tokens={cfg.rl.max_prompt_tokens} but the longest training prompt has "
+                          f"{longest} tokens; raise rl.max_prompt_tokens (or shorten the pool descriptions).")
+
+    # ------------------------------------------------------------------------------------------------
+    # 5. Optimizers and LR schedules (one optimizer step per mini-batch, for each of actor and critic)
+    # ------------------------------------------------------------------------------------------------
+    total_ppo_steps = cfg.run.max_optimizer_steps if cfg.run.max_optimizer_steps is not None else \
+        cfg.run.epochs * math.ceil(len(train_tasks) / cfg.rl.rollout_batch_size)
+    updates_per_step = cfg.rl.ppo_epochs * (cfg.rl.rollout_batch_size // cfg.rl.mini_batch_size)
+    actor_optimizer = build_optimizer([p for p in actor.parameters() if p.requires_grad], cfg.optim)
+    critic_optimizer = build_optimizer([p for p in critic.parameters() if p.requires_grad],
+                                       dataclasses.replace(cfg.optim, lr=cfg.rl.critic_lr))
+    actor_scheduler = build_lr_scheduler(actor_optimizer, cfg.optim, total_ppo_steps * updates_per_step)
+    critic_scheduler = build_lr_scheduler(critic_optimizer, cfg.optim, total_ppo_steps * updates_per_step)
+    seed_for_training(cfg.run.seed, accelerator)
+    actor, critic, actor_optimizer, critic_optimizer, actor_scheduler, critic_scheduler = accelerator.prepare(
+        actor, critic, actor_optimizer, critic_optimizer, actor_scheduler, critic_scheduler)
+    reference.to(accelerator.device)
+    accelerator.register_for_checkpointing(normalizer)  # the cost window is part of the exact resume
+
+    # ------------------------------------------------------------------------------------------------
+    # 6. Resume: models, optimizers, schedules, RNG, cost window, step counter
+    # ------------------------------------------------------------------------------------------------
+    ppo_step, state = 0, None
+    if resume_from is not None:
+        checkpointing.check_resume_compatible(
+            resumed_state, recipe=RECIPE, world_size=accelerator.num_processes,
+            micro_batch_size=cfg.run.micro_batch_size, gradient_accumulation_steps=cfg.run.gradient_accumulation_steps,
+            data_fingerprint=data_fingerprint, where=resume_from)
+        state = checkpointing.load_checkpoint(accelerator, resume_from)
+        ppo_step = state.optimizer_step
+        accelerator.print(f"resumed from {resume_from} (PPO step {ppo_step})")
+    guard = nan_guard.guard_for_run(cfg.run.max_consecutive_nonfinite_steps, state)
+
+    def trainer_state() -> checkpointing.TrainerState:
+        # optimizer_step counts PPO steps (rollout + updates); tasks are drawn per step, so the step is the position.
+        return checkpointing.TrainerState(
+            recipe=RECIPE, optimizer_step=ppo_step, epoch=0, batches_done_in_epoch=ppo_step,
+            world_size=accelerator.num_processes, micro_batch_size=cfg.run.micro_batch_size,
+            gradient_accumulation_steps=cfg.run.gradient_accumulation_steps, data_fingerprint=data_fingerprint,
+            tracking_run_id=tracking_run_id, seed=cfg.run.seed, skipped_nonfinite_steps=guard.skipped_steps,
+            consecutive_nonfinite_steps=guard.consecutive_skipped_steps)
+
+    # ------------------------------------------------------------------------------------------------
+    # 7. PPO loop
+    # ------------------------------------------------------------------------------------------------
+    unwrapped_actor = accelerator.unwrap_model(actor)
+    policy = make_policy(unwrapped_actor, tokenizer, cfg, templates, accelerator.device)
+    progress = tqdm(total=total_ppo_steps, initial=ppo_step, desc=RECIPE, unit="step",
+                    disable=not (accelerator.is_main_process and cfg.run.progress_bar))
+    history: list[dict] = []
+    episodes_seen, loop_started = 0, time.perf_counter()
+    while ppo_step < total_ppo_steps:
+        # 7a. Rollouts (actor in eval mode: no dropout while sampling)
+        actor.eval()
+        indices = task_indices_for_step(len(train_tasks), rollouts_per_process, cfg.run.seed, ppo_step,
+                                        accelerator.process_index)
+        tasks = [train_tasks[i] for i in indices]
+        rollouts = env.rollout_many(tasks, policy)
+        batch = collate_rollouts(rollouts, [prompt_tokens[r.prompt] for r in rollouts], tokenizer,
+                                 tokenizer.pad_token_id, cfg.rl.max_response_tokens).to(accelerator.device)
+        mask = batch.response_mask
+        every_row = torch.arange(len(rollouts), device=accelerator.device)
+
+        # 7b. Old and reference log-probs, old values; token rewards with the KL penalty; GAE
+        critic.eval()
+        with torch.no_grad():
+            old_log_probs = torch.cat([response_log_probs(actor, mb, cfg.rl.temperature)[0]
+                                       for mb in micro_batches(batch, every_row, cfg.run.micro_batch_size)])
+            ref_log_probs = torch.cat([response_log_probs(reference, mb, cfg.rl.temperature)[0]
+                                       for mb in micro_batches(batch, every_row, cfg.run.micro_batch_size)])
+            old_values = torch.cat([response_values(critic, mb)
+                                    for mb in micro_batches(batch, every_row, cfg.run.micro_batch_size)]) * mask
+            scores = ppo_math.sequence_reward_to_tokens(batch.rewards, mask)
+            token_rewards, mean_kl = ppo_math.apply_kl_penalty(scores, old_log_probs, ref_log_probs, mask,
+                                                               cfg.rl.kl_coef, cfg.rl.kl_estimator)
+            advantages, returns = ppo_math.compute_gae(token_rewards, old_values, mask, cfg.rl.gamma, cfg.rl.lam)
+            if cfg.rl.whiten_advantages and mask.sum() > 1:
+                advantages = ppo_math.masked_whiten(advantages, mask) * mask
+
+        # 7c. PPO updates: each mini-batch is one optimizer step of the actor and one of the critic
+        actor.train()
+        critic.train()
+        sums = torch.zeros(6, device=accelerator.device)  # pg, vf, entropy, clip frac, approx kl, updates
+        order_rng = torch.Generator().manual_seed(cfg.run.seed * 1_000_003 + ppo_step)
+        for _ in range(cfg.rl.ppo_epochs):
+            order = torch.randperm(len(rollouts), generator=order_rng).to(accelerator.device)
+            for start in range(0, len(rollouts), mini_per_process):
+                mini = order[start:start + mini_per_process]
+                mini_tokens = mask[mini].sum().clamp(min=1.0)
+                update = torch.zeros(5, device=accelerator.device)
+                for micro_start in range(0, len(mini), cfg.run.micro_batch_size):
+                    rows = mini[micro_start:micro_start + cfg.run.micro_batch_size]
+                    micro = batch.rows(rows)
+                    micro_mask = mask[rows]
+                    # Token-mean over the mini-batch: each micro-batch weighs by its share of policy tokens.
+                    weight = micro_mask.sum() / mini_tokens
+                    log_probs, entropy = response_log_probs(actor, micro, cfg.rl.temperature, with_entropy=True)
+                    pg = ppo_math.clipped_policy_loss(log_probs, old_log_probs[rows], advantages[rows], micro_mask,
+                                                      clip_eps=cfg.rl.clip_ratio)
+                    mean_entropy = ppo_math.masked_mean(entropy, micro_mask)
+                    values = response_values(critic, micro)
+                    vf_loss, _ = ppo_math.clipped_value_loss(values, old_values[rows], returns[rows], micro_mask,
+                                                             clip_range=cfg.rl.value_clip)
+                    loss = (pg.loss - cfg.rl.entropy_coef * mean_entropy + vf_loss) * weight
+                    # NaN/Inf on any process: every process skips this update (routerforge/train/nan_guard.py).
+                    if nan_guard.update_allowed(guard, accelerator, loss, ppo_step + 1):
+                        accelerator.backward(loss)  # actor and critic share no parameter: one backward feeds both
+                        update += torch.stack([pg.loss.detach(), vf_loss.detach(), mean_entropy.detach(),
+                                               pg.clip_fraction, pg.approx_kl]) * weight.detach()
+                if not guard.window_is_nonfinite:
+                    if cfg.optim.max_grad_norm > 0:
+                        accelerator.clip_grad_norm_(actor.parameters(), cfg.optim.max_grad_norm)
+                        accelerator.clip_grad_norm_(critic.parameters(), cfg.optim.max_grad_norm)
+                    actor_optimizer.step()
+                    critic_optimizer.step()
+                    sums += torch.cat([update, torch.ones(1, device=accelerator.device)])
+                actor_optimizer.zero_grad()
+                critic_optimizer.zero_grad()
+                nan_guard.close_optimizer_step(guard)
+                actor_scheduler.step()
+                critic_scheduler.step()
+        ppo_step += 1
+        episodes_seen += len(rollouts)
+        progress.update(1)
+
+        # 7d. Log (means over processes), checkpoint
+        reduced = accelerator.reduce(torch.cat([sums, torch.tensor([
+            float(batch.rewards.sum()), float(sum(r.reward.format_ok for r in rollouts)),
+            float(sum(r.reward.outcome for r in rollouts)), float(sum(r.executed_calls for r in rollouts)),
+            float(sum(r.cost_usd for r in rollouts)), float(len(rollouts)), float(mask.sum()),
+            float(batch.env_mask.sum()), float(mean_kl) * len(rollouts)], device=accelerator.device)]),
+            reduction="sum").tolist()
+        updates, episodes = max(reduced[5], 1.0), reduced[11]
+        metrics = {"ppo_step": ppo_step, "pg_loss": reduced[0] / updates, "vf_loss": reduced[1] / updates,
+                   "entropy": reduced[2] / updates, "clip_fraction": reduced[3] / updates,
+                   "approx_kl": reduced[4] / updates, "updates": int(reduced[5]),
+                   "reward": reduced[6] / episodes, "format_ok": reduced[7] / episodes,
+                   "outcome": reduced[8] / episodes, "calls_per_episode": reduced[9] / episodes,
+                   "cost_usd_per_episode": reduced[10] / episodes, "policy_tokens": int(reduced[12]),
+                   "env_tokens": int(reduced[13]), "kl_to_reference": reduced[14] / episodes,
+                   "actor_lr": actor_scheduler.get_last_lr()[0],
+                   "skipped_nonfinite_updates": guard.skipped_steps}
+        history.append(metrics)
+        if ppo_step % cfg.tracking.log_every_optimizer_steps == 0 or ppo_step == total_ppo_steps:
+            accelerator.log({f"train/{k}": v for k, v in metrics.items() if k != "ppo_step"}, step=ppo_step)
+            progress.set_postfix(reward=f"{metrics['reward']:.3f}")
+        if cfg.checkpoint.every_optimizer_steps and ppo_step % cfg.checkpoint.every_optimizer_steps == 0:
+            checkpointing.save_checkpoint(accelerator, run_dir, trainer_state(), keep_last=cfg.checkpoint.keep_last)
+        faults.maybe_hang(run_dir, ppo_step, accelerator.process_index)
+        if nan_guard.must_stop(guard):
+            saved = checkpointing.save_checkpoint(accelerator, run_dir, trainer_state(),
+                                                  keep_last=cfg.checkpoint.keep_last)
+            progress.close()
+            accelerator.end_training()
+            raise nan_guard.stop_error(guard, ppo_step, saved)
+    progress.close()
+    loop_seconds = time.perf_counter() - loop_started
+
+    # ------------------------------------------------------------------------------------------------
+    # 8. Export (main process): policy/ (save_pretrained + tokenizer), value head, pool config, manifest
+    # ------------------------------------------------------------------------------------------------
+    accelerator.wait_for_everyone()
+    if parameter_digest(reference) != reference_digest:
+        raise RuntimeError("the frozen reference model changed during training; the KL penalty was measured "
+                           "against a moving target.")
+    actor_digests = parameter_digests(accelerator, actor)
+    if len(set(actor_digests)) != 1:
+        raise RuntimeError(f"processes ended with different actor weights (sha256 per process: {actor_digests}); "
+                           f"data-parallel training went out of sync.")
+    export_dir = export_dir_for(cfg.run, cfg.export, RECIPE)
+    throughput = {"train_episodes": episodes_seen * accelerator.num_processes, "train_loop_seconds": loop_seconds,
+                  "peak_accelerator_memory_bytes": peak_accelerator_memory_bytes()}
+    result = {"export_dir": str(export_dir), "run_dir": str(run_dir), "ppo_steps": ppo_step, "history": history,
+              "tracking": tracking.to_dict(), "throughput": throughput, "reference_sha256": reference_digest,
+              "actor_sha256_per_process": actor_digests}
+    if accelerator.is_main_process:
+        policy_model = unwrapped_actor.merge_and_unload() if cfg.lora.enabled else unwrapped_actor
+        value_head = accelerator.unwrap_model(critic).value_head
+        model_config = {"router_type": RECIPE, "model_pool": model_pool, "policy_dir": POLICY_DIR,
+                        "pool_config": POOL_CONFIG_FILE, "base_policy": cfg.model.policy,
+                        "base_revision": cfg.model.revision, "use_chat_template": cfg.model.use_chat_template,
+                        "value_head_hidden_size": int(value_head.in_features),
+                        "generation": {"temperature": cfg.rl.temperature, "top_p": cfg.rl.top_p,
+                                       "max_new_tokens": cfg.rl.max_new_tokens,
+                                       "stop_strings": [f"</{t}>" for t in STOP_TAGS]},
+                        "env": config_to_dict(cfg.env), "reward": config_to_dict(cfg.reward)}
+        manifest = build_manifest(
+            recipe=RECIPE, router_type=RECIPE, resolved_config=resolved_config, model_pool=model_pool,
+            encoder={"id": None, "revision": None, "dim": None}, repo_dir=REPO_DIR, tracking=tracking.to_dict(),
+            data={"tasks": cfg.tasks.path, "train_tasks": len(train_tasks), "test_tasks": len(test_tasks),
+                  "fingerprint": data_fingerprint,
+                  "prices_usd_per_million_tokens": {c.name: [c.input_price, c.output_price] for c in cards}},
+            training={**world_description(accelerator), "ppo_steps": ppo_step, "total_ppo_steps": total_ppo_steps,
+                      "resumed_from": str(resume_from) if resume_from else None, "history": history,
+                      "skipped_nonfinite_updates": guard.skipped_steps, "reference_sha256": reference_digest,
+                      "actor_sha256_per_process": actor_digests, **throughput},
+            metrics={k: history[-1][k] for k in ("reward", "format_ok", "outcome", "calls_per_episode")}
+            if history else {})
+        export_router(export_dir, {f"value_head.{k}": v for k, v in value_head.state_dict().items()}, model_config,
+                      manifest)
+        add_policy_to_export(export_dir, policy_model, tokenizer, cfg.pool)
+        registered = register_run_export(cfg.export, export_dir, cfg.run.output_dir)
+        if registered is not None:
+            print(f"registered checkpoint: {registered}")
+        print(f"checkpoint: {export_dir}")
+        print(f"step checkpoints: {run_dir}")
+        print(tracking.describe(), flush=True)
+    accelerator.end_training()
+    return result
+
+
+def add_policy_to_export(export_dir: Path, policy_model, tokenizer, pool_cfg: PoolConfig) -> None:
+    """Write policy/ (save_pretrained, safetensors) and pool_config.json into the export, listed with their sha256.
+
+    `export_router` writes only model.safetensors + config.json; the registry copies and verifies exactly
+    the files manifest.json lists, so the policy files are added to that list (manifest replaced atomically).
+    """
+    policy_dir = export_dir / POLICY_DIR
+    policy_model.save_pretrained(policy_dir, safe_serialization=True)
+    tokenizer.save_pretrained(policy_dir)
+    (export_dir / POOL_CONFIG_FILE).write_text(json.dumps(config_to_dict(pool_cfg), indent=2, sort_keys=True) + "\n",
+                                               encoding="utf-8")
+    manifest_path = export_dir / MANIFEST_FILE
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    for path in sorted(p for p in export_dir.rglob("*") if p.is_file() and p.name != MANIFEST_FILE):
+        manifest["files"][path.relative_to(export_dir).as_posix()] = sha256_file(path)
+    tmp = manifest_path.with_name(f".{MANIFEST_FILE}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, manifest_path)
+
+
+if __name__ == "__main__":
+    run_recipe(main)
