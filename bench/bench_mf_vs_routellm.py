@@ -292,7 +292,7 @@ def explain(data_path: Path, epochs_per_round: int, rounds: int) -> list[tuple[s
     def loader(gather: bool):
         if gather:
             return build_train_loader(BatchGatherPairs(*pairs.dataset().tensors), batch, 0, collate_fn=lambda b: b)
-        return build_train_loader(pairs.dataset(), batch, 0)
+        return build_train_loader(torch.utils.data.TensorDataset(*pairs.dataset().tensors), batch, 0)  # per sample
 
     def bare_loop(gather: bool):
         model = MFModel(len(data.models), embeddings.shape[1], HYPERPARAMETERS["dim"])

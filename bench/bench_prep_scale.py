@@ -67,7 +67,7 @@ def worker(path: Path, out_root: Path) -> dict:
     from routerforge.data.pipeline import PrepRun, input_fingerprint, stage_convert, stage_ingest
     from routerforge.data.split import assign_split
 
-    cfg = load_config(PrepConfig, None, [f"name=bench", f"output_root={out_root}",
+    cfg = load_config(PrepConfig, None, ["name=bench", f"output_root={out_root}",
                                          f"sources=[{{name: arena, kind: arena_conversations, path: '{path}'}}]"])
     run = PrepRun(cfg=cfg, input_fingerprint=input_fingerprint(cfg), log=lambda m: None)
     run.ledger._echo = None

@@ -58,7 +58,7 @@ from routerforge.train.data_loading import (
 from routerforge.train.entrypoint import run_recipe
 from routerforge.train.export import CONFIG_FILE, build_manifest, export_router, load_export_weights
 from routerforge.train.optimization import build_lr_scheduler, build_optimizer
-from routerforge.train.pair_data import TIE_RULES, pairs_to_tensors, prompt_embedding_matrix
+from routerforge.train.pair_data import TIE_RULES, collate_gathered, pairs_to_tensors, prompt_embedding_matrix
 from routerforge.train.run_config import (
     RESUME_HELP,
     CheckpointConfig,
@@ -241,8 +241,9 @@ def main(argv: list[str] | None = None) -> dict:
     eval_pairs = (pairs_to_tensors(data.pairs[cfg.data.eval_split], model_index, prompt_row, cfg.loss.ties,
                                    cfg.loss.use_source_weights, where=f"{data.path} pairs/{cfg.data.eval_split}")
                   if cfg.data.eval_split else None)
-    train_loader = build_train_loader(train_pairs.dataset(), cfg.run.micro_batch_size, cfg.run.seed)
-    eval_loader = (build_eval_loader(eval_pairs.dataset(), cfg.run.micro_batch_size)
+    train_loader = build_train_loader(train_pairs.dataset(), cfg.run.micro_batch_size, cfg.run.seed,
+                                      collate_fn=collate_gathered)
+    eval_loader = (build_eval_loader(eval_pairs.dataset(), cfg.run.micro_batch_size, collate_fn=collate_gathered)
                    if eval_pairs is not None and len(eval_pairs) else None)
 
     # ------------------------------------------------------------------------------------------------
