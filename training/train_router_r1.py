@@ -56,7 +56,8 @@ from routerforge.registry.export import register_run_export
 from routerforge.registry.load import sha256_file
 from routerforge.rl import ppo_math
 from routerforge.rl.critic import build_value_model
-from routerforge.rl.env import EnvConfig, PolicyOutput, RoutingEnv
+from routerforge.rl.env import EnvConfig, RoutingEnv
+from routerforge.rl.generation import GenerationSettings, make_lm_policy, templated_prompt
 from routerforge.rl.pool_config import PoolConfig, resolve_model_cards
 from routerforge.rl.pools import build_pool
 from routerforge.rl.protocol import STOP_TAGS
@@ -247,57 +248,6 @@ def check_batch_geometry(cfg: RouterR1Config, world_size: int) -> tuple[int, int
     return cfg.rl.rollout_batch_size // world_size, cfg.rl.mini_batch_size // world_size
 
 
-# ----------------------------------------------------------------------------------------------------
-# Rollouts: the actor as the environment's policy (batched `generate`, stop at </search> or </answer>)
-# ----------------------------------------------------------------------------------------------------
-def templated_prompt(tokenizer, prompt: str, use_chat_template: bool) -> str:
-    if use_chat_template and getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                             add_generation_prompt=True)
-    return prompt
-
-
-def make_policy(actor, tokenizer, cfg: RouterR1Config, templates: dict[str, str], device: torch.device):
-    """The `Policy` RoutingEnv drives: contexts (prompt + response so far) -> one generated segment each.
-
-    templates: raw prompt -> the text the actor is conditioned on (chat-templated). A context that would
-    leave no room for max_new_tokens under max_prompt + max_response tokens gets an empty segment, which
-    ends its episode (the env then scores it; an unfinished trajectory breaks the format).
-    """
-    stop_strings = [f"</{tag}>" for tag in STOP_TAGS]
-    special_ids = {tokenizer.eos_token_id, tokenizer.pad_token_id} - {None}
-    budget = cfg.rl.max_prompt_tokens + cfg.rl.max_response_tokens - cfg.rl.max_new_tokens
-
-    def conditioned_on(context: str) -> str:
-        for raw, templated in templates.items():
-            if context.startswith(raw):
-                return templated + context[len(raw):]
-        raise RuntimeError("the environment passed a context that starts with no known prompt")
-
-    @torch.no_grad()
-    def policy(contexts: list[str]) -> list[PolicyOutput]:
-        texts = [conditioned_on(c) for c in contexts]
-        encoded = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
-        outputs = [PolicyOutput("") for _ in texts]
-        live = [i for i, ids in enumerate(encoded) if len(ids) <= budget]
-        for start in range(0, len(live), cfg.run.micro_batch_size):
-            rows = live[start:start + cfg.run.micro_batch_size]
-            batch = tokenizer.pad({"input_ids": [encoded[i] for i in rows]}, padding=True, return_tensors="pt",
-                                  padding_side="left").to(device)
-            generated = actor.generate(
-                **batch, do_sample=True, temperature=cfg.rl.temperature, top_p=cfg.rl.top_p, top_k=0,
-                max_new_tokens=cfg.rl.max_new_tokens, stop_strings=stop_strings, tokenizer=tokenizer,
-                pad_token_id=tokenizer.pad_token_id)
-            for row, ids in zip(rows, generated[:, batch["input_ids"].shape[1]:].tolist(), strict=True):
-                # Cut at the first EOS/pad: the episode's text ends there (finished rows are padded).
-                end = next((k for k, token in enumerate(ids) if token in special_ids), len(ids))
-                ids = ids[:end]
-                outputs[row] = PolicyOutput(tokenizer.decode(ids, skip_special_tokens=True), tuple(ids))
-        return outputs
-
-    return policy
-
-
 def task_indices_for_step(num_tasks: int, per_process: int, seed: int, ppo_step: int, rank: int) -> list[int]:
     """The tasks process `rank` rolls out at `ppo_step`: a function of (seed, step, rank) only, so a resume
     at step k draws exactly what the interrupted run would have drawn."""
@@ -421,7 +371,10 @@ def main(argv: list[str] | None = None) -> dict:
     # 7. PPO loop
     # ------------------------------------------------------------------------------------------------
     unwrapped_actor = accelerator.unwrap_model(actor)
-    policy = make_policy(unwrapped_actor, tokenizer, cfg, templates, accelerator.device)
+    policy = make_lm_policy(unwrapped_actor, tokenizer, templates, accelerator.device, GenerationSettings(
+        max_new_tokens=cfg.rl.max_new_tokens, micro_batch_size=cfg.run.micro_batch_size,
+        token_budget=cfg.rl.max_prompt_tokens + cfg.rl.max_response_tokens - cfg.rl.max_new_tokens,
+        temperature=cfg.rl.temperature, top_p=cfg.rl.top_p))
     progress = tqdm(total=total_ppo_steps, initial=ppo_step, desc=RECIPE, unit="step",
                     disable=not (accelerator.is_main_process and cfg.run.progress_bar))
     history: list[dict] = []
