@@ -27,10 +27,7 @@ Exit status: 0 trained and exported; 2 a user error (one line: config, data, che
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,11 +39,13 @@ from accelerate.utils import broadcast_object_list
 from tqdm.auto import tqdm
 
 from routerforge.config import config_to_dict, doc
-from routerforge.data.dataset_io import load_prepared, tree_sha256
+from routerforge.data.dataset_io import load_prepared
 from routerforge.errors import DataError
 from routerforge.models.difficulty import (
+    BACKBONE_DIR,
     POOLINGS,
     ROUTER_TYPE,
+    TOKENIZER_DIR,
     DifficultyHeads,
     DifficultyRouter,
     HeadSpec,
@@ -56,7 +55,7 @@ from routerforge.models.difficulty import (
     freeze_unused_parameters,
     load_backbone,
     pairwise_win_logits,
-    save_router,
+    plain_backbone,
 )
 from routerforge.models.difficulty_data import (
     build_examples,
@@ -82,7 +81,7 @@ from routerforge.train.data_loading import (
     normalize_position,
 )
 from routerforge.train.entrypoint import run_recipe
-from routerforge.train.export import MANIFEST_FILE, build_manifest
+from routerforge.train.export import build_manifest, export_router
 from routerforge.train.optimization import build_lr_scheduler, build_optimizer
 from routerforge.train.pair_data import TIE_RULES
 from routerforge.train.run_config import (
@@ -259,30 +258,6 @@ def label_counts(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """How many labels of each head a batch holds (a batch may hold none of a head's)."""
     return {"candidates": batch["candidate_mask"].sum(), "difficulty": batch["difficulty_mask"].sum(),
             "win": batch["pair_weight"].gt(0).sum()}
-
-
-def export_difficulty_router(export_dir: Path, router: DifficultyRouter, tokenizer, router_config: dict,
-                             manifest: dict) -> Path:
-    """save_router + manifest.json (sha256 of every file), written to a temporary sibling and renamed into place."""
-    export_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = export_dir.with_name(f".tmp-{export_dir.name}-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        save_router(router, tokenizer, tmp, router_config)
-        manifest = {**manifest, "files": tree_sha256(tmp)}
-        (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        if export_dir.exists():
-            old = export_dir.with_name(f".old-{export_dir.name}-{os.getpid()}")
-            os.rename(export_dir, old)
-            os.rename(tmp, export_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, export_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return export_dir
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -528,7 +503,15 @@ def main(argv: list[str] | None = None) -> dict:
                       "loss_history": history, "skipped_nonfinite_steps": guard.skipped_steps, **throughput},
             metrics={"train_loss": last_train_loss, **{f"{cfg.data.eval_split}_{k}": v for k, v in final_eval.items()}},
         )
-        export_difficulty_router(export_dir, unwrapped, tokenizer, router_config, manifest)
+
+        def write_backbone_and_tokenizer(directory: Path) -> None:
+            # The rest of the format load_router reads (routerforge/models/difficulty.py save_router): the heads
+            # and config.json are export_router's model.safetensors and config.json.
+            plain_backbone(unwrapped.backbone).save_pretrained(str(directory / BACKBONE_DIR))
+            tokenizer.save_pretrained(str(directory / TOKENIZER_DIR))
+
+        export_router(export_dir, unwrapped.heads.state_dict(), router_config, manifest,
+                      extra_files=write_backbone_and_tokenizer)
         registered = register_run_export(cfg.export, export_dir, cfg.run.output_dir)
         if registered is not None:
             print(f"registered checkpoint: {registered}")

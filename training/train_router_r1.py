@@ -3,6 +3,12 @@
     accelerate launch training/train_router_r1.py --config configs/router_r1/qwen2_5_3b.yaml [key=value ...]
     python training/train_router_r1.py --config configs/router_r1/tiny.yaml model.policy=<tiny model dir>
     ... resume=auto                                   # continue the run from its newest complete checkpoint
+    python training/train_router_r1.py --config configs/router_r1/tiny_grpo.yaml model.policy=<tiny model dir>
+    accelerate launch training/train_router_r1.py --config configs/router_r1/qwen2_5_3b.yaml algorithm=grpo
+
+`algorithm: grpo` trains with GRPO through TRL's GRPOTrainer instead: a DEVIATION from the paper (Router-R1
+uses PPO). Same tasks, pool, environment, reward, masks and export (minus the value head); no critic, a
+group of grpo.num_generations episodes per prompt as the baseline. Section 1b; routerforge/rl/grpo.py.
 
 Router-R1 (Zhang, Feng, You 2025, arXiv 2506.09033; code ulab-uiuc/Router-R1, on veRL) trains the router
 as a policy LM: it writes <think>, calls a candidate model with <search> Model: query </search>, reads the
@@ -26,7 +32,7 @@ Every loss term is masked to the tokens the policy sampled: the inserted <inform
 padding have weight 0 ("state masking", Router-R1's actor.state_masking=true).
 
 Reads top to bottom:
-  1. config   2. accelerate, seeds, run dir, tracking   3. tasks, pool, environment   4. models
+  1. config   1b. the GRPO path (algorithm=grpo; main() dispatches to it first)   2. accelerate, seeds, run dir, tracking   3. tasks, pool, environment   4. models
   5. optimizers + schedules   6. resume   7. PPO loop (rollout, advantages, updates, log, checkpoint)
   8. export (main process): the policy (save_pretrained), the value head, the pool config, the manifest
 
@@ -40,7 +46,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,11 +58,19 @@ from tqdm.auto import tqdm
 from routerforge.config import config_to_dict, doc
 from routerforge.errors import ConfigError, DataError
 from routerforge.registry.export import register_run_export
-from routerforge.registry.load import sha256_file
 from routerforge.rl import ppo_math
 from routerforge.rl.critic import build_value_model
 from routerforge.rl.env import EnvConfig, RoutingEnv
 from routerforge.rl.generation import GenerationSettings, make_lm_policy, templated_prompt
+from routerforge.rl.grpo import (
+    GRPOBlockConfig,
+    build_grpo_args,
+    build_grpo_trainer,
+    configure_tracking,
+    make_rollout_func,
+    resolve_grpo_resume,
+    train_grpo,
+)
 from routerforge.rl.pool_config import PoolConfig, resolve_model_cards
 from routerforge.rl.pools import build_pool
 from routerforge.rl.protocol import STOP_TAGS
@@ -74,7 +87,7 @@ from routerforge.train.accelerator_setup import (
 )
 from routerforge.train.consistency import parameter_digest, parameter_digests
 from routerforge.train.entrypoint import run_recipe
-from routerforge.train.export import MANIFEST_FILE, build_manifest, export_router
+from routerforge.train.export import build_manifest, export_router
 from routerforge.train.optimization import build_lr_scheduler, build_optimizer
 from routerforge.train.run_config import (
     RESUME_HELP,
@@ -92,6 +105,7 @@ from routerforge.train.tracking import new_run_id, start_tracking
 RECIPE = "router_r1"
 REPO_DIR = Path(__file__).resolve().parents[1]
 TASK_SOURCES = ("gsm8k_routellm",)
+ALGORITHMS = ("ppo", "grpo")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
 POLICY_DIR = "policy"
 POOL_CONFIG_FILE = "pool_config.json"
@@ -225,14 +239,23 @@ class RouterR1Config:
     env: EnvConfig = doc("episode limits (routerforge/rl/env.py)", default_factory=EnvConfig)
     reward: RewardConfig = doc("format / outcome / cost reward (routerforge/rl/reward.py)",
                                default_factory=RewardConfig)
+    algorithm: str = doc("ppo (the paper's optimiser: critic, GAE, KL in the reward; the `rl` block) or grpo (TRL's "
+                         "GRPOTrainer, group-mean baseline, no critic; the `grpo` block): grpo is a DEVIATION from "
+                         "Router-R1", default="ppo")
     rl: PPOConfig = doc("PPO hyperparameters (paper: batch 64, mini-batch 32, KL 0.001)", default_factory=PPOConfig)
+    grpo: GRPOBlockConfig = doc("GRPO hyperparameters, read only with algorithm=grpo (routerforge/rl/grpo.py)",
+                                default_factory=GRPOBlockConfig)
     optim: OptimConfig = doc("actor optimizer (paper: AdamW, lr 1e-6); the critic uses the same with rl.critic_lr",
                              default_factory=lambda: OptimConfig(name="adamw", lr=1e-6, weight_decay=0.01,
                                                                  max_grad_norm=1.0))
     tracking: TrackingConfig = doc("W&B / TensorBoard", default_factory=TrackingConfig)
     checkpoint: CheckpointConfig = doc("step checkpoints (every N PPO steps)", default_factory=CheckpointConfig)
     export: ExportConfig = doc("final export", default_factory=ExportConfig)
-    resume: str = doc(RESUME_HELP, default="never")
+    resume: str = doc(RESUME_HELP + " (grpo: HF Trainer's checkpoint-N directories)", default="never")
+
+    def __post_init__(self) -> None:
+        if self.algorithm not in ALGORITHMS:
+            raise ValueError(f"algorithm must be one of {', '.join(ALGORITHMS)}, got '{self.algorithm}'")
 
 
 def check_batch_geometry(cfg: RouterR1Config, world_size: int) -> tuple[int, int]:
@@ -260,8 +283,118 @@ def micro_batches(batch: RolloutBatch, rows: torch.Tensor, micro_batch_size: int
         yield batch.rows(rows[start:start + micro_batch_size])
 
 
+# ----------------------------------------------------------------------------------------------------
+# 1b. GRPO path (algorithm=grpo; a DEVIATION from the paper, which trains with PPO): TRL's GRPOTrainer runs the
+#     same tasks, pool and environment through routerforge/rl/grpo.py's rollout function (env tokens masked by
+#     env_mask), checkpoints as HF Trainer does (<run_dir>/checkpoint-N), and exports like PPO minus the value head
+# ----------------------------------------------------------------------------------------------------
+def main_grpo(cfg: RouterR1Config) -> dict:
+    from accelerate import PartialState
+    from transformers import AutoTokenizer
+
+    run_dir = run_dir_for(cfg.run, RECIPE)
+    resume_from = resolve_grpo_resume(cfg.resume, run_dir)
+    report_to, tracking = configure_tracking(cfg.tracking, run_dir, cfg.run.name)
+    resolved_config = config_to_dict(cfg)
+
+    # Tasks, candidate pool, environment: as section 3 (the cost window goes into every checkpoint-N)
+    all_tasks, task_report = gsm8k_tasks_from_routellm(cfg.tasks.path, max_rows=cfg.tasks.max_rows)
+    train_tasks, test_tasks = split_tasks(all_tasks, cfg.tasks.test_fraction, cfg.tasks.split_seed)
+    if not train_tasks:
+        raise DataError(f"{cfg.tasks.path}: no training task left ({task_report.kept} built, all held out); "
+                        f"raise tasks.max_rows or lower tasks.test_fraction.")
+    cards = resolve_model_cards(cfg.pool)
+    pool = build_pool(cfg.pool, cards, max_rows=cfg.tasks.max_rows)
+    normalizer = CostNormalizer.from_config(cfg.reward)
+    env = RoutingEnv(pool, cfg.reward, normalizer, cfg.env)
+    model_pool = [card.name for card in cards]
+    data_fingerprint = hashlib.sha256(json.dumps(
+        {"tasks": [t.prompt_id for t in train_tasks], "pool": config_to_dict(cfg.pool)}, sort_keys=True
+    ).encode()).hexdigest()
+
+    # Prompts (the dataset TRL samples from) and the trainer; TRL loads the policy (and the reference, beta > 0)
+    tokenizer = AutoTokenizer.from_pretrained(cfg.model.policy, revision=cfg.model.revision)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tasks_by_prompt: dict[str, object] = {}
+    for task in train_tasks:
+        tasks_by_prompt.setdefault(env.prompt_for(task), task)  # a repeated question is one prompt
+    longest = max(len(tokenizer(templated_prompt(tokenizer, p, cfg.model.use_chat_template),
+                                add_special_tokens=False)["input_ids"]) for p in tasks_by_prompt)
+    if longest > cfg.grpo.max_prompt_tokens:
+        raise ConfigError(f"grpo.max_prompt_tokens={cfg.grpo.max_prompt_tokens} but the longest training prompt has "
+                          f"{longest} tokens; raise grpo.max_prompt_tokens (or shorten the pool descriptions).")
+    peft_config = None
+    if cfg.lora.enabled:
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(task_type="CAUSAL_LM", r=cfg.lora.r, lora_alpha=cfg.lora.alpha,
+                                 lora_dropout=cfg.lora.dropout, target_modules=list(cfg.lora.target_modules))
+    args = build_grpo_args(cfg.grpo, cfg.run, cfg.optim, cfg.checkpoint, cfg.tracking, report_to, run_dir,
+                           PartialState().num_processes,
+                           model_init_kwargs={"dtype": cfg.model.dtype, "revision": cfg.model.revision})
+    rollout_func = make_rollout_func(env, tokenizer, tasks_by_prompt, cfg.grpo.generation_settings(
+        cfg.run.micro_batch_size), cfg.model.use_chat_template, cfg.grpo.max_response_tokens)
+    trainer = build_grpo_trainer(cfg.model.policy, tokenizer, args, list(tasks_by_prompt), rollout_func, normalizer,
+                                 peft_config)
+    loop_started = time.perf_counter()
+    train_grpo(trainer, resume_from, normalizer)
+    loop_seconds = time.perf_counter() - loop_started
+    history = [entry for entry in trainer.state.log_history if "loss" in entry]
+
+    # Export (main process): policy/, pool_config.json, config.json, manifest.json, an empty model.safetensors
+    accelerator = trainer.accelerator
+    accelerator.wait_for_everyone()
+    actor_digests = parameter_digests(accelerator, trainer.model)
+    if len(set(actor_digests)) != 1:
+        raise RuntimeError(f"processes ended with different actor weights (sha256 per process: {actor_digests}); "
+                           f"data-parallel training went out of sync.")
+    export_dir = export_dir_for(cfg.run, cfg.export, RECIPE)
+    throughput = {"train_loop_seconds": loop_seconds, "peak_accelerator_memory_bytes": peak_accelerator_memory_bytes()}
+    result = {"export_dir": str(export_dir), "run_dir": str(run_dir), "optimizer_steps": trainer.state.global_step,
+              "history": history, "tracking": tracking.to_dict(), "throughput": throughput,
+              "actor_sha256_per_process": actor_digests, "resumed_from": str(resume_from) if resume_from else None}
+    if accelerator.is_main_process:
+        unwrapped = accelerator.unwrap_model(trainer.model)
+        policy_model = unwrapped.merge_and_unload() if cfg.lora.enabled else unwrapped
+        model_config = {"router_type": RECIPE, "algorithm": "grpo", "model_pool": model_pool, "policy_dir": POLICY_DIR,
+                        "pool_config": POOL_CONFIG_FILE, "base_policy": cfg.model.policy,
+                        "base_revision": cfg.model.revision, "use_chat_template": cfg.model.use_chat_template,
+                        "generation": {"temperature": cfg.grpo.temperature, "top_p": cfg.grpo.top_p,
+                                       "max_new_tokens": cfg.grpo.max_new_tokens,
+                                       "stop_strings": [f"</{t}>" for t in STOP_TAGS]},
+                        "env": config_to_dict(cfg.env), "reward": config_to_dict(cfg.reward)}
+        last = history[-1] if history else {}
+        manifest = build_manifest(
+            recipe=RECIPE, router_type=RECIPE, resolved_config=resolved_config, model_pool=model_pool,
+            encoder={"id": None, "revision": None, "dim": None}, repo_dir=REPO_DIR, tracking=tracking.to_dict(),
+            data={"tasks": cfg.tasks.path, "train_tasks": len(train_tasks), "test_tasks": len(test_tasks),
+                  "fingerprint": data_fingerprint,
+                  "prices_usd_per_million_tokens": {c.name: [c.input_price, c.output_price] for c in cards}},
+            training={**world_description(accelerator), "algorithm": "grpo (deviation from the paper's PPO)",
+                      "optimizer_steps": trainer.state.global_step,
+                      "resumed_from": str(resume_from) if resume_from else None, "history": history,
+                      "actor_sha256_per_process": actor_digests, **throughput},
+            metrics={k: last[key] for k, key in (("reward", "reward"), ("format_ok", "episode/format_ok"),
+                                                 ("outcome", "episode/outcome"), ("calls_per_episode", "episode/calls"))
+                     if key in last})
+        # No value head: model.safetensors holds no tensor. policy/ + pool_config.json go in the same atomic write.
+        export_router(export_dir, {}, model_config, manifest, extra_files=lambda directory: write_policy_files(
+            directory, policy_model, tokenizer, cfg.pool))
+        registered = register_run_export(cfg.export, export_dir, cfg.run.output_dir)
+        if registered is not None:
+            print(f"registered checkpoint: {registered}")
+        print(f"checkpoint: {export_dir}")
+        print(f"step checkpoints: {run_dir}")
+        print(tracking.describe(), flush=True)
+    accelerator.wait_for_everyone()
+    return result
+
+
 def main(argv: list[str] | None = None) -> dict:
     cfg = parse_recipe_args(RouterR1Config, argv, description=__doc__.splitlines()[0])
+    if cfg.algorithm == "grpo":
+        return main_grpo(cfg)  # section 1b: TRL's GRPOTrainer (a deviation from the paper's PPO)
 
     # ------------------------------------------------------------------------------------------------
     # 2. accelerate, seeds, run directory, tracking
@@ -526,9 +659,11 @@ def main(argv: list[str] | None = None) -> dict:
                       "actor_sha256_per_process": actor_digests, **throughput},
             metrics={k: history[-1][k] for k in ("reward", "format_ok", "outcome", "calls_per_episode")}
             if history else {})
+        # One atomic export: policy/ and pool_config.json are written into export_router's temporary directory,
+        # so a crash while saving the policy leaves the previous export as it was (issue 6 §5).
         export_router(export_dir, {f"value_head.{k}": v for k, v in value_head.state_dict().items()}, model_config,
-                      manifest)
-        add_policy_to_export(export_dir, policy_model, tokenizer, cfg.pool)
+                      manifest, extra_files=lambda directory: write_policy_files(directory, policy_model, tokenizer,
+                                                                                 cfg.pool))
         registered = register_run_export(cfg.export, export_dir, cfg.run.output_dir)
         if registered is not None:
             print(f"registered checkpoint: {registered}")
@@ -539,24 +674,16 @@ def main(argv: list[str] | None = None) -> dict:
     return result
 
 
-def add_policy_to_export(export_dir: Path, policy_model, tokenizer, pool_cfg: PoolConfig) -> None:
-    """Write policy/ (save_pretrained, safetensors) and pool_config.json into the export, listed with their sha256.
+def write_policy_files(directory: Path, policy_model, tokenizer, pool_cfg: PoolConfig) -> None:
+    """policy/ (save_pretrained, safetensors, + the tokenizer) and pool_config.json, written into `directory`.
 
-    `export_router` writes only model.safetensors + config.json; the registry copies and verifies exactly
-    the files manifest.json lists, so the policy files are added to that list (manifest replaced atomically).
+    export_router's `extra_files`: `directory` is its temporary directory, and the manifest it writes
+    afterwards lists these files with their sha256 (the registry copies and verifies exactly that set).
     """
-    policy_dir = export_dir / POLICY_DIR
-    policy_model.save_pretrained(policy_dir, safe_serialization=True)
-    tokenizer.save_pretrained(policy_dir)
-    (export_dir / POOL_CONFIG_FILE).write_text(json.dumps(config_to_dict(pool_cfg), indent=2, sort_keys=True) + "\n",
-                                               encoding="utf-8")
-    manifest_path = export_dir / MANIFEST_FILE
-    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    for path in sorted(p for p in export_dir.rglob("*") if p.is_file() and p.name != MANIFEST_FILE):
-        manifest["files"][path.relative_to(export_dir).as_posix()] = sha256_file(path)
-    tmp = manifest_path.with_name(f".{MANIFEST_FILE}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, manifest_path)
+    policy_model.save_pretrained(directory / POLICY_DIR, safe_serialization=True)
+    tokenizer.save_pretrained(directory / POLICY_DIR)
+    (directory / POOL_CONFIG_FILE).write_text(json.dumps(config_to_dict(pool_cfg), indent=2, sort_keys=True) + "\n",
+                                              encoding="utf-8")
 
 
 if __name__ == "__main__":

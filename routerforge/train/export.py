@@ -3,11 +3,14 @@
     <export_dir>/
         model.safetensors   the router's weights (safetensors only; never pickles)
         config.json         what is needed to rebuild the nn.Module (recipe-specific keys)
+        ...                 a recipe's further files (`extra_files`: difficulty's backbone/ + tokenizer/,
+                            Router-R1's policy/ + pool_config.json)
         manifest.json       recipe, resolved config, model pool, encoder, data fingerprint, git sha (+dirty),
                             library versions, training facts, metrics, sha256 of every other file
 
-Everything is written into a temporary sibling directory that replaces `<export_dir>` only once
-complete, so an interrupted export never leaves a half-written directory where a good one was.
+Everything, the recipe's further files included, is written into a temporary sibling directory that
+replaces `<export_dir>` only once complete, so an interrupted export never leaves a half-written
+directory where a good one was.
 The registry (routerforge/registry) adds the model card and calibration and checks the manifest on load.
 
 Loading an export's weights goes through `load_export_weights`: the file must BE safetensors (checked by
@@ -25,13 +28,14 @@ import os
 import shutil
 import struct
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from routerforge.data.dataset_io import sha256_file
+from routerforge.data.dataset_io import sha256_file, tree_sha256
 from routerforge.errors import CheckpointError
 
 EXPORT_FORMAT_VERSION = 1
@@ -86,8 +90,15 @@ def build_manifest(*, recipe: str, router_type: str, resolved_config: dict, mode
     }
 
 
-def export_router(export_dir: Path, state_dict: dict[str, torch.Tensor], model_config: dict, manifest: dict) -> Path:
-    """Write the export atomically; return `export_dir`."""
+def export_router(export_dir: Path, state_dict: dict[str, torch.Tensor], model_config: dict, manifest: dict,
+                  extra_files: Callable[[Path], None] | None = None) -> Path:
+    """Write the export atomically; return `export_dir`.
+
+    extra_files: writes a recipe's further files (a policy in save_pretrained format, a backbone, a pool
+    config) into the directory it is given, the temporary one, after model.safetensors and config.json and
+    before the manifest: every file it writes is listed in manifest.json with its sha256, and if it fails
+    the previous export stays untouched (issue 6 §5). It must not write manifest.json.
+    """
     export_dir = Path(export_dir)
     export_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = export_dir.with_name(f".tmp-{export_dir.name}-{os.getpid()}")
@@ -98,8 +109,13 @@ def export_router(export_dir: Path, state_dict: dict[str, torch.Tensor], model_c
         tensors = {name: t.detach().to("cpu").contiguous() for name, t in state_dict.items()}
         save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
         (tmp / CONFIG_FILE).write_text(json.dumps(model_config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        if extra_files is not None:
+            extra_files(tmp)
+            if (tmp / MANIFEST_FILE).exists():
+                raise ValueError(f"export_router's extra_files wrote {MANIFEST_FILE}; the manifest is export_router's")
         full_manifest = dict(manifest)
-        full_manifest["files"] = {name: sha256_file(tmp / name) for name in (WEIGHTS_FILE, CONFIG_FILE)}
+        # Every file on disk, the extra ones included: the registry verifies exactly this set.
+        full_manifest["files"] = tree_sha256(tmp, exclude=(MANIFEST_FILE,))
         (tmp / MANIFEST_FILE).write_text(json.dumps(full_manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         if export_dir.exists():
             old = export_dir.with_name(f".old-{export_dir.name}-{os.getpid()}")
