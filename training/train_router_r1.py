@@ -52,7 +52,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from accelerate.utils import broadcast_object_list
+from accelerate import PartialState
+from accelerate.utils import DistributedType, broadcast_object_list, gather_object
 from tqdm.auto import tqdm
 
 from routerforge.config import config_to_dict, doc
@@ -284,6 +285,54 @@ def micro_batches(batch: RolloutBatch, rows: torch.Tensor, micro_batch_size: int
 
 
 # ----------------------------------------------------------------------------------------------------
+# Section 3's setup, shared by the PPO and GRPO paths: tasks, candidate pool, environment
+# ----------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RoutingSetup:
+    train_tasks: list
+    test_tasks: list
+    cards: list
+    env: RoutingEnv
+    normalizer: CostNormalizer
+    model_pool: list[str]
+    data_fingerprint: str  # sha256 of the training task ids and the pool config (checked on resume)
+
+
+def build_routing_setup(cfg: RouterR1Config, cost_gather=None) -> RoutingSetup:
+    all_tasks, task_report = gsm8k_tasks_from_routellm(cfg.tasks.path, max_rows=cfg.tasks.max_rows)
+    train_tasks, test_tasks = split_tasks(all_tasks, cfg.tasks.test_fraction, cfg.tasks.split_seed)
+    if not train_tasks:
+        raise DataError(f"{cfg.tasks.path}: no training task left ({task_report.kept} built, all held out); "
+                        f"raise tasks.max_rows or lower tasks.test_fraction.")
+    cards = resolve_model_cards(cfg.pool)
+    pool = build_pool(cfg.pool, cards, max_rows=cfg.tasks.max_rows)
+    normalizer = CostNormalizer.from_config(cfg.reward)
+    env = RoutingEnv(pool, cfg.reward, normalizer, cfg.env, cost_gather=cost_gather)
+    data_fingerprint = hashlib.sha256(json.dumps(
+        {"tasks": [t.prompt_id for t in train_tasks], "pool": config_to_dict(cfg.pool)}, sort_keys=True
+    ).encode()).hexdigest()
+    return RoutingSetup(train_tasks=train_tasks, test_tasks=test_tasks, cards=cards, env=env, normalizer=normalizer,
+                        model_pool=[card.name for card in cards], data_fingerprint=data_fingerprint)
+
+
+def gather_costs_across_processes(costs: list[float]) -> tuple[list[float], int]:
+    """RoutingEnv's cost_gather for a multi-process PPO run: every process's episode costs in rank order."""
+    per_process = gather_object([costs])
+    offset = sum(len(c) for c in per_process[:PartialState().process_index])
+    return [cost for chunk in per_process for cost in chunk], offset
+
+
+def refuse_sharded_ppo(accelerator) -> None:
+    """PPO prepares two trained models (actor, critic): DeepSpeed accepts one model per Accelerator and
+    accelerate's FSDP2 path wraps only the last one; generation would also need the gathered actor.
+    A clear error at start-up instead of a crash or an unsynchronised actor later (launch/README.md)."""
+    if accelerator.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP):
+        raise ConfigError(f"algorithm=ppo does not run under {accelerator.distributed_type.value} yet (actor and critic "
+                          f"are two prepared models); launch with launch/accelerate/single_gpu.yaml or ddp_8gpu.yaml "
+                          f"(with lora.enabled=true for large policies).")
+
+
+# ----------------------------------------------------------------------------------------------------
 # 1b. GRPO path (algorithm=grpo; a DEVIATION from the paper, which trains with PPO): TRL's GRPOTrainer runs the
 #     same tasks, pool and environment through routerforge/rl/grpo.py's rollout function (env tokens masked by
 #     env_mask), checkpoints as HF Trainer does (<run_dir>/checkpoint-N), and exports like PPO minus the value head
@@ -297,20 +346,11 @@ def main_grpo(cfg: RouterR1Config) -> dict:
     report_to, tracking = configure_tracking(cfg.tracking, run_dir, cfg.run.name)
     resolved_config = config_to_dict(cfg)
 
-    # Tasks, candidate pool, environment: as section 3 (the cost window goes into every checkpoint-N)
-    all_tasks, task_report = gsm8k_tasks_from_routellm(cfg.tasks.path, max_rows=cfg.tasks.max_rows)
-    train_tasks, test_tasks = split_tasks(all_tasks, cfg.tasks.test_fraction, cfg.tasks.split_seed)
-    if not train_tasks:
-        raise DataError(f"{cfg.tasks.path}: no training task left ({task_report.kept} built, all held out); "
-                        f"raise tasks.max_rows or lower tasks.test_fraction.")
-    cards = resolve_model_cards(cfg.pool)
-    pool = build_pool(cfg.pool, cards, max_rows=cfg.tasks.max_rows)
-    normalizer = CostNormalizer.from_config(cfg.reward)
-    env = RoutingEnv(pool, cfg.reward, normalizer, cfg.env)
-    model_pool = [card.name for card in cards]
-    data_fingerprint = hashlib.sha256(json.dumps(
-        {"tasks": [t.prompt_id for t in train_tasks], "pool": config_to_dict(cfg.pool)}, sort_keys=True
-    ).encode()).hexdigest()
+    # Tasks, candidate pool, environment: as section 3 (each process's cost window goes into every checkpoint-N)
+    setup = build_routing_setup(cfg)
+    train_tasks, test_tasks, cards, env, normalizer = (setup.train_tasks, setup.test_tasks, setup.cards, setup.env,
+                                                       setup.normalizer)
+    model_pool, data_fingerprint = setup.model_pool, setup.data_fingerprint
 
     # Prompts (the dataset TRL samples from) and the trainer; TRL loads the policy (and the reference, beta > 0)
     tokenizer = AutoTokenizer.from_pretrained(cfg.model.policy, revision=cfg.model.revision)
@@ -401,6 +441,7 @@ def main(argv: list[str] | None = None) -> dict:
     # ------------------------------------------------------------------------------------------------
     run_dir = run_dir_for(cfg.run, RECIPE)
     accelerator = build_accelerator(cfg.run, cfg.tracking, run_dir)
+    refuse_sharded_ppo(accelerator)
     rollouts_per_process, mini_per_process = check_batch_geometry(cfg, accelerator.num_processes)
     resume_from = checkpointing.resolve_resume(cfg.resume, run_dir)
     resumed_state = checkpointing.TrainerState.read(resume_from) if resume_from else None
@@ -411,21 +452,12 @@ def main(argv: list[str] | None = None) -> dict:
     tracking = start_tracking(accelerator, cfg.tracking, run_dir, cfg.run.name, tracking_run_id, resolved_config)
 
     # ------------------------------------------------------------------------------------------------
-    # 3. Tasks, candidate pool, environment (the cost normaliser's window is checkpointed with the run)
+    # 3. Tasks, candidate pool, environment (one cost window over every process's episodes, checkpointed)
     # ------------------------------------------------------------------------------------------------
-    all_tasks, task_report = gsm8k_tasks_from_routellm(cfg.tasks.path, max_rows=cfg.tasks.max_rows)
-    train_tasks, test_tasks = split_tasks(all_tasks, cfg.tasks.test_fraction, cfg.tasks.split_seed)
-    if not train_tasks:
-        raise DataError(f"{cfg.tasks.path}: no training task left ({task_report.kept} built, all held out); "
-                        f"raise tasks.max_rows or lower tasks.test_fraction.")
-    cards = resolve_model_cards(cfg.pool)
-    pool = build_pool(cfg.pool, cards, max_rows=cfg.tasks.max_rows)
-    normalizer = CostNormalizer.from_config(cfg.reward)
-    env = RoutingEnv(pool, cfg.reward, normalizer, cfg.env)
-    model_pool = [card.name for card in cards]
-    data_fingerprint = hashlib.sha256(json.dumps(
-        {"tasks": [t.prompt_id for t in train_tasks], "pool": config_to_dict(cfg.pool)}, sort_keys=True
-    ).encode()).hexdigest()
+    setup = build_routing_setup(cfg, gather_costs_across_processes if accelerator.num_processes > 1 else None)
+    train_tasks, test_tasks, cards, env, normalizer = (setup.train_tasks, setup.test_tasks, setup.cards, setup.env,
+                                                       setup.normalizer)
+    model_pool, data_fingerprint = setup.model_pool, setup.data_fingerprint
 
     # ------------------------------------------------------------------------------------------------
     # 4. Models: actor, critic (separate trunk + value head), frozen reference; LoRA optional

@@ -139,6 +139,7 @@ class Rollout:
 
 
 Policy = Callable[[list[str]], Sequence["str | PolicyOutput"]]
+CostGather = Callable[[list[float]], tuple[list[float], int]]
 
 
 def _as_output(value: str | PolicyOutput) -> PolicyOutput:
@@ -153,11 +154,17 @@ class RoutingEnv:
     """Drives multi-turn episodes against a candidate pool and scores them; see the module docstring."""
 
     def __init__(self, pool: CandidatePool, reward_cfg: RewardConfig, normalizer: CostNormalizer,
-                 cfg: EnvConfig | None = None) -> None:
+                 cfg: EnvConfig | None = None, cost_gather: CostGather | None = None) -> None:
+        """cost_gather: in a multi-process run, `costs of this process's batch -> (every process's costs in
+        rank order, offset of this process's first)`; every process then feeds the same sequence into its
+        normaliser, so the cost window is one window over the whole batch, identical on every process (as
+        in veRL, whose single driver scores the global batch), and the main process's checkpointed window
+        is every process's. None: this process's costs only."""
         self.pool = pool
         self.reward_cfg = reward_cfg
         self.normalizer = normalizer
         self.cfg = cfg or EnvConfig()
+        self.cost_gather = cost_gather
         self.model_names = list(pool.cards)
 
     def prompt_for(self, task: RoutingTask) -> str:
@@ -209,8 +216,14 @@ class RoutingEnv:
                     rollouts[i].calls.append(CallRecord(turn, call.model, call.query, answer))
                     rollouts[i].segments.append(Segment(information_block(self._clip(answer.text)), ENV))
             active = still_active
-        for rollout in rollouts:
-            self._score(rollout)
+        costs = [rollout.cost_usd for rollout in rollouts]
+        every_cost, offset = self.cost_gather(costs) if self.cost_gather is not None else (costs, 0)
+        if every_cost[offset:offset + len(costs)] != costs:
+            raise RuntimeError("cost_gather returned a sequence that does not hold this process's costs at its offset")
+        # Every cost enters the window in order; each episode is scaled against the window that includes it.
+        cost_rewards = [self.normalizer.normalize(cost) for cost in every_cost][offset:offset + len(costs)]
+        for rollout, cost_reward in zip(rollouts, cost_rewards, strict=True):
+            self._score(rollout, cost_reward)
         return rollouts
 
     def _parse_call(self, content: str, task: RoutingTask) -> tuple[CandidateCall | None, str | None]:
@@ -224,10 +237,10 @@ class RoutingEnv:
             return CandidateCall(call.model, call.query, task.question), "the query is empty"
         return CandidateCall(call.model, call.query, task.question), None
 
-    def _score(self, rollout: Rollout) -> None:
+    def _score(self, rollout: Rollout, cost_reward: float) -> None:
         response = rollout.response
         rollout.format_check = validate_format(response, self.model_names)
         rollout.answer = extract_answer(response)
         rollout.reward = score_trajectory(format_ok=rollout.format_check.ok, answer=rollout.answer,
                                           golds=rollout.task.answers, cost_usd=rollout.cost_usd,
-                                          cfg=self.reward_cfg, normalizer=self.normalizer)
+                                          cfg=self.reward_cfg, cost_reward=cost_reward)

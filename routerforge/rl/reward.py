@@ -243,9 +243,17 @@ def combine_reward(format_ok: bool, outcome: float, cost_reward: float, cfg: Rew
 
 
 def score_trajectory(*, format_ok: bool, answer: str | None, golds: Sequence[str], cost_usd: float,
-                     cfg: RewardConfig, normalizer: CostNormalizer) -> RewardBreakdown:
-    """Score one finished trajectory; updates `normalizer`'s window with its cost (every trajectory)."""
-    cost_reward = normalizer.normalize(cost_usd)
+                     cfg: RewardConfig, normalizer: CostNormalizer | None = None,
+                     cost_reward: float | None = None) -> RewardBreakdown:
+    """Score one finished trajectory.
+
+    Pass `normalizer` (its window takes this trajectory's cost, every trajectory) or the `cost_reward`
+    the caller already normalised (RoutingEnv does, when the window spans several processes).
+    """
+    if (normalizer is None) == (cost_reward is None):
+        raise ValueError("pass exactly one of normalizer and cost_reward")
+    if cost_reward is None:
+        cost_reward = normalizer.normalize(cost_usd)
     outcome = outcome_score(answer, golds, cfg) if format_ok else 0.0
     return RewardBreakdown(reward=combine_reward(format_ok, outcome, cost_reward, cfg), format_ok=format_ok,
                            outcome=outcome, cost_reward=cost_reward, cost_usd=cost_usd)

@@ -181,6 +181,40 @@ def test_a_batch_advances_together_and_cheaper_calls_earn_more_with_alpha(pool, 
     assert rollouts[0].reward.cost_usd == pytest.approx(costs[0])
 
 
+def test_a_shared_cost_window_makes_two_processes_score_like_one(pool, tasks):
+    # Two "processes" play halves of one batch; cost_gather hands each the other's costs in rank order
+    # (in the recipe: accelerate's gather_object). Both windows then equal one process's window over the
+    # whole batch, and every episode's cost reward equals the one-process run's.
+    wanted = tasks[:4]
+    models = ["GPT-4-Turbo", "Mixtral-8x7B", "Mixtral-8x7B", "GPT-4-Turbo"]
+
+    def scripts_for(chosen):
+        return {t.question: [f"<think>x</think><search>{m}: {t.question}</search>",
+                             f"<think>y</think><answer>{t.answers[0]}</answer>"]
+                for t, m in zip(wanted, models, strict=True) if t in chosen}
+
+    whole = make_env(pool, cost_weight=0.5)
+    single = whole.rollout_many(wanted, scripted(scripts_for(wanted)))
+    costs = [r.cost_usd for r in single]
+    assert len(set(costs)) > 1
+    halves = [wanted[:2], wanted[2:]]
+    envs = [RoutingEnv(pool, RewardConfig(match_numbers=True, cost_weight=0.5), CostNormalizer(window=100),
+                       EnvConfig(max_turns=2), cost_gather=lambda mine, rank=rank: (costs, 2 * rank))
+            for rank in range(2)]
+    split = [r for env, half in zip(envs, halves, strict=True) for r in env.rollout_many(half, scripted(scripts_for(half)))]
+    assert [r.reward.cost_reward for r in split] == pytest.approx([r.reward.cost_reward for r in single])
+    assert [r.reward.reward for r in split] == pytest.approx([r.reward.reward for r in single])
+    assert envs[0].normalizer.state_dict() == envs[1].normalizer.state_dict() == whole.normalizer.state_dict()
+    # Without the gather each process's window holds only its own costs: the rewards differ.
+    alone = make_env(pool, cost_weight=0.5).rollout_many(halves[1], scripted(scripts_for(halves[1])))
+    assert [r.reward.cost_reward for r in alone] != pytest.approx([r.reward.cost_reward for r in single[2:]])
+    # A gather that loses this process's costs is a bug, not a silent mis-scoring.
+    broken = RoutingEnv(pool, RewardConfig(cost_weight=0.5), CostNormalizer(), EnvConfig(max_turns=2),
+                        cost_gather=lambda mine: (costs[2:] + costs[:2], 0))
+    with pytest.raises(RuntimeError, match="does not hold this process's costs"):
+        broken.rollout_many(halves[0], scripted(scripts_for(halves[0])))
+
+
 def test_wrong_answer_scores_zero(pool, tasks):
     task = tasks[0]
     policy = scripted({task.question: ["<think>guess</think><answer>17</answer>"]})
