@@ -10,4 +10,9 @@ Modules, each with one job (import them directly; this package imports nothing h
 * `routerforge.rl.pools`       candidate pools behind one interface: recorded table, local HF LMs, OpenAI API
 * `routerforge.rl.env`         the multi-turn episode driver with env-token masks and scoring
 * `routerforge.rl.tasks`       offline GSM8K routing tasks from RouteLLM's recorded responses
+* `routerforge.rl.generation`  the policy LM as the env's policy: batched generate, stop at </search>/</answer>
+* `routerforge.rl.critic`      the PPO critic: a copy of the LM trunk with a 1-unit value head
+* `routerforge.rl.rollout_batch` finished episodes -> padded tensors, masks, log-probs and values
+* `routerforge.rl.grpo`        GRPO through TRL's GRPOTrainer (a deviation from the paper's PPO)
+* `routerforge.rl.evaluate`    held-out evaluation of an export: EM, cost, calls per query, cost-quality points
 """
