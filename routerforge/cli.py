@@ -7,6 +7,7 @@
     routerforge route CHECKPOINT "prompt" [...]
     routerforge list [ROOT] [--router NAME] [--verify]
     routerforge publish CHECKPOINT --repo ORG/NAME [--force] [--private] [--branch B]
+    routerforge eval-router-r1 --export DIR [--export DIR ...] [--alphas 0,0.3,0.6] [--max-tasks N] --out DIR
 
 Errors caused by user input (`RouterForgeError`) print one line and exit 2; anything else is a bug
 and keeps its traceback.
@@ -108,6 +109,7 @@ DELEGATED = {
     "calibrate": "routerforge.eval.cli:calibrate_main",
     "route": "routerforge.eval.cli:route_main",
     "list": "routerforge.eval.cli:list_main",
+    "eval-router-r1": "routerforge.rl.evaluate:eval_router_r1_main",
 }
 
 

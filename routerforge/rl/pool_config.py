@@ -26,6 +26,7 @@ from routerforge.data.readers.prices import load_price_table
 from routerforge.errors import ConfigError, DataError
 
 POOL_BACKENDS = ("recorded", "hf", "openai")
+RECORDED_SERVE = ("response", "final_number")
 
 # What the candidate receives for a sub-query on live backends (hf, openai). Router-R1 wraps the
 # sub-query in an "agent prompt" the same way (route_service.py); the wording here is ours.
@@ -81,8 +82,14 @@ class RecordedPoolConfig:
                                  "(OpenAI's rule of thumb: 4)", default=4.0)
     encoder: EncoderConfig = doc("sentence encoder for sub-query matching (cached on disk)",
                                  default_factory=EncoderConfig)
+    serve: str = doc("what goes inside <information>: response (the recorded answer text) or final_number (only "
+                     "its final number, routerforge/rl/tasks.py final_number; the whole text when it has none). "
+                     "The cost is the full recorded exchange either way. final_number is for tiny test policies "
+                     "that cannot find the result in a long solution (issue 6 §4)", default="response")
 
     def __post_init__(self) -> None:
+        if self.serve not in RECORDED_SERVE:
+            raise ValueError(f"pool.recorded.serve must be one of {', '.join(RECORDED_SERVE)}, got '{self.serve}'")
         if not -1.0 <= self.match_threshold <= 1.0:
             raise ValueError(f"pool.recorded.match_threshold is a cosine similarity in [-1, 1], got "
                              f"{self.match_threshold}")

@@ -14,7 +14,8 @@ x $/M); the recorded and local forms are ours, for offline training and tests.
   sentence embeddings, `routerforge.encoders.embed_texts`, cached on disk) when the similarity
   reaches `match_threshold`; otherwise the answer recorded for the episode's original question.
   Token counts come from the table, else are estimated as characters / `chars_per_token` (of the
-  recorded prompt and response: that is the exchange whose answer is served).
+  recorded prompt and response: that is the exchange whose answer is served). `serve: final_number`
+  inserts only the response's final number (cost still that of the full recorded exchange).
 * `HFCausalLMPool`: local causal LMs (`transformers`), one call at a time (padding in a batch would
   change greedy outputs), with an on-disk answer cache keyed by (model id, revision, prompt sha256,
   generation settings). The revision is content-bound: a Hub commit sha, or the sha256 of a local
@@ -284,6 +285,16 @@ class RecordedPool:
                 result[i] = (self._prompts[best[row]], float(similarities[row, best[row]]))
         return result  # type: ignore[return-value]
 
+    def _served_text(self, response: str) -> str:
+        """The recorded response, or only its final number under `serve: final_number` (cost is unaffected)."""
+        if self.cfg.serve == "final_number":
+            from routerforge.rl.tasks import final_number
+
+            number = final_number(response)
+            if number is not None:
+                return number
+        return response.strip()
+
     def answer_many(self, calls: Sequence[CandidateCall]) -> list[CandidateAnswer]:
         for call in calls:
             _card(self.cards, call.model)
@@ -306,7 +317,7 @@ class RecordedPool:
             output_tokens = record.output_tokens if record.output_tokens is not None else \
                 _estimate_tokens(record.response, self.cfg.chars_per_token)
             answers.append(CandidateAnswer(
-                model=card.name, text=record.response.strip(), input_tokens=input_tokens,
+                model=card.name, text=self._served_text(record.response), input_tokens=input_tokens,
                 output_tokens=output_tokens,
                 cost_usd=card.cost_usd(input_tokens, output_tokens, self.count_input_tokens), backend=self.backend,
                 matched_prompt=record.prompt, similarity=similarity, recorded_score=record.score))

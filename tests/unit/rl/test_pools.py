@@ -117,6 +117,28 @@ def test_recorded_pool_serves_the_recorded_answer_of_an_exact_question(recorded_
     assert mixtral.cost_usd < gpt4.cost_usd / 10
 
 
+def test_recorded_pool_can_serve_only_the_final_number_at_the_full_exchange_cost(recorded_pool, tmp_path):
+    from routerforge.rl.tasks import final_number
+
+    rows = gsm8k_rows(12)
+    cfg = PoolConfig(recorded=RecordedPoolConfig(table=str(GSM8K), serve="final_number",
+                                                 encoder=EncoderConfig(cache_dir=str(tmp_path))))
+    numbers_pool = build_pool(cfg, max_rows=12)
+    calls = [CandidateCall(model, row["prompt"], question=row["prompt"])
+             for row in rows for model in ("Mixtral-8x7B", "GPT-4-Turbo")]
+    full, short = recorded_pool.answer_many(calls), numbers_pool.answer_many(calls)
+    for full_answer, short_answer in zip(full, short, strict=True):
+        assert short_answer.text == final_number(full_answer.text) and short_answer.text.lstrip("-")[0].isdigit()
+        assert len(short_answer.text) < len(full_answer.text) / 10
+        assert (short_answer.input_tokens, short_answer.output_tokens, short_answer.cost_usd) == \
+            (full_answer.input_tokens, full_answer.output_tokens, full_answer.cost_usd)
+    # Mixtral writes "#### n" at the end of its solution; the served number is that one
+    mixtral_row = rows[0][f"{MIXTRAL}_response"]
+    assert "####" in mixtral_row and short[0].text == mixtral_row.split("####")[1].split()[0].replace(",", "")
+    with pytest.raises(ValueError, match="pool.recorded.serve"):
+        RecordedPoolConfig(serve="number")
+
+
 @pytest.mark.slow  # loads the real MiniLM encoder: ~15 s on a busy 2-core machine
 def test_recorded_pool_matches_a_paraphrased_sub_query_to_its_nearest_prompt(recorded_pool):
     rows = gsm8k_rows(12)
