@@ -69,8 +69,10 @@ def kill_and_resume(tiny_data, backbone, out, processes: int, log_dir) -> str:
     run_dir = out / "difficulty" / "difficulty-tiny"
     proc = start_recipe(SCRIPT, CONFIG, overrides(tiny_data, out, backbone), processes=processes,
                         env=recipe_env(**{HANG_AT_STEP_ENV: str(HANG_AT)}), log_path=log_dir / "killed.log")
-    wait_for_files([hang_marker(run_dir, HANG_AT, rank) for rank in range(processes)], proc)
-    kill_process_group(proc)
+    markers = [hang_marker(run_dir, HANG_AT, rank) for rank in range(processes)]
+    wait_for_files(markers, proc)
+    # The workers' PIDs too: torchrun starts them in their own sessions, out of reach of the group kill.
+    kill_process_group(proc, worker_pids=[int(m.read_text()) for m in markers])
     assert proc.returncode != 0
     # Killed between checkpoints: step 3 is complete, step 6 was never reached, no export exists.
     assert [p.name for p in run_dir.glob("step-*")] == ["step-000003"]
