@@ -42,10 +42,8 @@ from routerforge.config import config_to_dict, doc
 from routerforge.data.dataset_io import load_prepared
 from routerforge.errors import DataError
 from routerforge.models.difficulty import (
-    BACKBONE_DIR,
     POOLINGS,
     ROUTER_TYPE,
-    TOKENIZER_DIR,
     DifficultyHeads,
     DifficultyRouter,
     HeadSpec,
@@ -55,7 +53,7 @@ from routerforge.models.difficulty import (
     freeze_unused_parameters,
     load_backbone,
     pairwise_win_logits,
-    plain_backbone,
+    save_backbone_files,
 )
 from routerforge.models.difficulty_data import (
     build_examples,
@@ -503,15 +501,10 @@ def main(argv: list[str] | None = None) -> dict:
                       "loss_history": history, "skipped_nonfinite_steps": guard.skipped_steps, **throughput},
             metrics={"train_loss": last_train_loss, **{f"{cfg.data.eval_split}_{k}": v for k, v in final_eval.items()}},
         )
-
-        def write_backbone_and_tokenizer(directory: Path) -> None:
-            # The rest of the format load_router reads (routerforge/models/difficulty.py save_router): the heads
-            # and config.json are export_router's model.safetensors and config.json.
-            plain_backbone(unwrapped.backbone).save_pretrained(str(directory / BACKBONE_DIR))
-            tokenizer.save_pretrained(str(directory / TOKENIZER_DIR))
-
+        # load_router's format: the heads and config.json are export_router's model.safetensors and config.json,
+        # backbone/ and tokenizer/ go into the same atomic write.
         export_router(export_dir, unwrapped.heads.state_dict(), router_config, manifest,
-                      extra_files=write_backbone_and_tokenizer)
+                      extra_files=lambda directory: save_backbone_files(unwrapped, tokenizer, directory))
         registered = register_run_export(cfg.export, export_dir, cfg.run.output_dir)
         if registered is not None:
             print(f"registered checkpoint: {registered}")

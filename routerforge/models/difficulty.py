@@ -350,11 +350,17 @@ def plain_backbone(backbone: nn.Module) -> nn.Module:
 # ----------------------------------------------------------------------------------------------------
 # Save / load (the export format)
 # ----------------------------------------------------------------------------------------------------
-def save_router(router: DifficultyRouter, tokenizer, directory: Path, router_config: dict) -> None:
-    """backbone/ (save_pretrained, LoRA merged), tokenizer/, model.safetensors (heads), config.json."""
+def save_backbone_files(router: DifficultyRouter, tokenizer, directory: Path) -> None:
+    """backbone/ (save_pretrained, LoRA merged) and tokenizer/: the part of the format beyond heads + config."""
     directory = Path(directory)
     plain_backbone(router.backbone).save_pretrained(str(directory / BACKBONE_DIR))
     tokenizer.save_pretrained(str(directory / TOKENIZER_DIR))
+
+
+def save_router(router: DifficultyRouter, tokenizer, directory: Path, router_config: dict) -> None:
+    """backbone/ (save_pretrained, LoRA merged), tokenizer/, model.safetensors (heads), config.json."""
+    directory = Path(directory)
+    save_backbone_files(router, tokenizer, directory)
     heads = {name: t.detach().to("cpu").contiguous() for name, t in router.heads.state_dict().items()}
     save_file(heads, str(directory / HEADS_FILE), metadata={"format": "pt"})
     (directory / ROUTER_CONFIG_FILE).write_text(json.dumps(router_config, indent=2, sort_keys=True) + "\n",
