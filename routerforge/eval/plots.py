@@ -15,7 +15,7 @@ PNG and returns its path.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -128,5 +128,29 @@ def plot_reliability(bins: ReliabilityBins, path: str | Path, ece: float | None 
     ax_count.bar(bins.lower, bins.count, width=width, align="edge", edgecolor="black", color="tab:grey")
     ax_count.set_xlabel("Predicted probability")
     ax_count.set_ylabel("Prompts")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_cost_quality_points(points: Sequence[dict], path: str | Path,
+                             title: str = "Router-R1: exact match vs. cost") -> Path:
+    """Router-R1 exports as (mean cost per query, exact match) points, each annotated with its training alpha
+    (routerforge.rl.evaluate.cost_quality_points)."""
+    fig = Figure(figsize=(7.5, 5.0))
+    ax = fig.add_subplot()
+    ordered = sorted(points, key=lambda p: p["cost_usd_per_query"])
+    ax.plot([p["cost_usd_per_query"] for p in ordered], [p["exact_match"] for p in ordered], color="tab:orange",
+            linewidth=1.0, alpha=0.6)
+    ax.scatter([p["cost_usd_per_query"] for p in ordered], [p["exact_match"] for p in ordered], color="tab:orange",
+               zorder=3, label="Router-R1 exports")
+    for p in ordered:
+        ax.annotate(f"alpha={p['training_alpha']:g}", (p["cost_usd_per_query"], p["exact_match"]),
+                    textcoords="offset points", xytext=(4, -10), fontsize=7)
+    n = sorted({p["n_tasks"] for p in points})
+    ax.set_xlabel("Mean cost per query (USD)")
+    ax.set_ylabel("Exact match")
+    ax.set_title(f"{title} (n={'/'.join(str(k) for k in n)})")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     return _save(fig, path)

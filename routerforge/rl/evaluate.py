@@ -19,8 +19,8 @@ export), the same for every alpha, so the alpha sweep changes only the weighting
 reward(alpha) = (1 - alpha) * outcome + alpha * cost_reward for well-formed episodes, the penalty else.
 
 Across exports (e.g. policies trained at several alphas) it writes the cost-quality points (mean cost per
-query, exact match), one per export labelled by its training alpha, as JSON and as a PNG in the style
-of `routerforge.eval.plots` (Agg canvas, no pyplot).
+query, exact match), one per export labelled by its training alpha, as JSON and as a PNG drawn by
+`routerforge.eval.plots.plot_cost_quality_points`, with the other routers' plots.
 """
 
 from __future__ import annotations
@@ -273,37 +273,10 @@ def cost_quality_points(reports: Sequence[dict]) -> list[dict]:
              "calls_per_query": r["calls_per_query"], "n_tasks": r["n_tasks"]} for r in reports]
 
 
-def plot_cost_quality_points(points: Sequence[dict], path: str | Path,
-                             title: str = "Router-R1: exact match vs. cost") -> Path:
-    """Scatter of the exports' (cost, exact match), each annotated with its training alpha."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(7.5, 5.0))
-    ax = fig.add_subplot()
-    ordered = sorted(points, key=lambda p: p["cost_usd_per_query"])
-    ax.plot([p["cost_usd_per_query"] for p in ordered], [p["exact_match"] for p in ordered], color="tab:orange",
-            linewidth=1.0, alpha=0.6)
-    ax.scatter([p["cost_usd_per_query"] for p in ordered], [p["exact_match"] for p in ordered], color="tab:orange",
-               zorder=3, label="Router-R1 exports")
-    for p in ordered:
-        ax.annotate(f"alpha={p['training_alpha']:g}", (p["cost_usd_per_query"], p["exact_match"]),
-                    textcoords="offset points", xytext=(4, -10), fontsize=7)
-    n = sorted({p["n_tasks"] for p in points})
-    ax.set_xlabel("Mean cost per query (USD)")
-    ax.set_ylabel("Exact match")
-    ax.set_title(f"{title} (n={'/'.join(str(k) for k in n)})")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    FigureCanvasAgg(fig)
-    fig.savefig(path, format="png", dpi=120)
-    return path
-
-
 def write_evaluation(reports: Sequence[dict], out_dir: str | Path) -> list[Path]:
     """Write REPORT_FILE and PLOT_FILE into `out_dir`, each atomically (temp file + rename); return their paths."""
+    from routerforge.eval.plots import plot_cost_quality_points  # matplotlib only when a report is written
+
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise ConfigError(f"--out '{out_dir}' is a file; pass a directory for the report and the plot.")
