@@ -75,7 +75,7 @@ from routerforge.train.run_config import (
     parse_recipe_args,
     run_dir_for,
 )
-from routerforge.train.tracking import new_run_id, start_tracking
+from routerforge.train.tracking import finish_tracking, new_run_id, start_tracking
 
 RECIPE = "cluster"
 REPO_DIR = Path(__file__).resolve().parents[1]
@@ -578,7 +578,7 @@ def main(argv: list[str] | None = None) -> dict:
         result["metrics"] = metrics
         print(f"checkpoint: {export_dir}")
         print(tracking.describe(), flush=True)
-    accelerator.end_training()
+    finish_tracking(accelerator)
     return result
 
 

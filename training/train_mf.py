@@ -70,7 +70,7 @@ from routerforge.train.run_config import (
     parse_recipe_args,
     run_dir_for,
 )
-from routerforge.train.tracking import new_run_id, start_tracking
+from routerforge.train.tracking import finish_tracking, new_run_id, start_tracking
 
 RECIPE = "mf"
 REPO_DIR = Path(__file__).resolve().parents[1]
@@ -347,7 +347,7 @@ def main(argv: list[str] | None = None) -> dict:
                 saved = checkpointing.save_checkpoint(accelerator, run_dir, trainer_state(),
                                                       keep_last=cfg.checkpoint.keep_last)
                 progress.close()
-                accelerator.end_training()
+                finish_tracking(accelerator)
                 raise nan_guard.stop_error(guard, optimizer_step, saved)
             if optimizer_step >= total_optimizer_steps:
                 break
@@ -399,7 +399,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"checkpoint: {export_dir}")
         print(f"step checkpoints: {run_dir}")
         print(tracking.describe(), flush=True)
-    accelerator.end_training()
+    finish_tracking(accelerator)
     return result
 
 

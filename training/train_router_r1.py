@@ -101,7 +101,13 @@ from routerforge.train.run_config import (
     parse_recipe_args,
     run_dir_for,
 )
-from routerforge.train.tracking import new_run_id, start_tracking
+from routerforge.train.sharded_models import (
+    full_state_dict,
+    gathered_for_generation,
+    is_fsdp,
+    place_frozen_model,
+)
+from routerforge.train.tracking import finish_tracking, new_run_id, start_tracking
 
 RECIPE = "router_r1"
 REPO_DIR = Path(__file__).resolve().parents[1]
@@ -322,14 +328,15 @@ def gather_costs_across_processes(costs: list[float]) -> tuple[list[float], int]
     return [cost for chunk in per_process for cost in chunk], offset
 
 
-def refuse_sharded_ppo(accelerator) -> None:
-    """PPO prepares two trained models (actor, critic): DeepSpeed accepts one model per Accelerator and
-    accelerate's FSDP2 path wraps only the last one; generation would also need the gathered actor.
-    A clear error at start-up instead of a crash or an unsynchronised actor later (launch/README.md)."""
-    if accelerator.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP):
-        raise ConfigError(f"algorithm=ppo does not run under {accelerator.distributed_type.value} yet (actor and critic "
-                          f"are two prepared models); launch with launch/accelerate/single_gpu.yaml or ddp_8gpu.yaml "
-                          f"(with lora.enabled=true for large policies).")
+def refuse_deepspeed_ppo(accelerator) -> None:
+    """PPO trains two models (actor, critic), each prepared with its own optimizer: accelerate accepts one
+    model per Accelerator under DeepSpeed. A clear error at start-up instead of accelerate's assertion
+    (launch/README.md, "Router-R1 at scale"). FSDP2 takes one model per `prepare` call, which is what we do."""
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        raise ConfigError("algorithm=ppo does not run under DeepSpeed (actor and critic are two prepared models; "
+                          "accelerate takes one per Accelerator under DeepSpeed). Shard with "
+                          "launch/accelerate/fsdp.yaml (FSDP2) or train data-parallel with ddp_8gpu.yaml; "
+                          "algorithm=grpo runs under DeepSpeed through TRL.")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -441,7 +448,7 @@ def main(argv: list[str] | None = None) -> dict:
     # ------------------------------------------------------------------------------------------------
     run_dir = run_dir_for(cfg.run, RECIPE)
     accelerator = build_accelerator(cfg.run, cfg.tracking, run_dir)
-    refuse_sharded_ppo(accelerator)
+    refuse_deepspeed_ppo(accelerator)
     rollouts_per_process, mini_per_process = check_batch_geometry(cfg, accelerator.num_processes)
     resume_from = checkpointing.resolve_resume(cfg.resume, run_dir)
     resumed_state = checkpointing.TrainerState.read(resume_from) if resume_from else None
@@ -504,9 +511,12 @@ def main(argv: list[str] | None = None) -> dict:
     actor_scheduler = build_lr_scheduler(actor_optimizer, cfg.optim, total_ppo_steps * updates_per_step)
     critic_scheduler = build_lr_scheduler(critic_optimizer, cfg.optim, total_ppo_steps * updates_per_step)
     seed_for_training(cfg.run.seed, accelerator)
-    actor, critic, actor_optimizer, critic_optimizer, actor_scheduler, critic_scheduler = accelerator.prepare(
-        actor, critic, actor_optimizer, critic_optimizer, actor_scheduler, critic_scheduler)
-    reference.to(accelerator.device)
+    # One model per prepare call: FSDP2 shards one model (with its optimizer) per call. Under FSDP2 the
+    # reference is sharded too (sharded_models.place_frozen_model); its forward passes are then collectives,
+    # which is fine: every process scores the same number of micro-batches.
+    actor, actor_optimizer, actor_scheduler = accelerator.prepare(actor, actor_optimizer, actor_scheduler)
+    critic, critic_optimizer, critic_scheduler = accelerator.prepare(critic, critic_optimizer, critic_scheduler)
+    reference = place_frozen_model(reference, accelerator)
     accelerator.register_for_checkpointing(normalizer)  # the cost window is part of the exact resume
 
     # ------------------------------------------------------------------------------------------------
@@ -550,7 +560,10 @@ def main(argv: list[str] | None = None) -> dict:
         indices = task_indices_for_step(len(train_tasks), rollouts_per_process, cfg.run.seed, ppo_step,
                                         accelerator.process_index)
         tasks = [train_tasks[i] for i in indices]
-        rollouts = env.rollout_many(tasks, policy)
+        # Under FSDP2 the actor is gathered whole for the rollouts: each process's episodes take their own
+        # number of turns and generate calls, which per-layer all-gathers would deadlock on.
+        with torch.no_grad(), gathered_for_generation(actor, accelerator):
+            rollouts = env.rollout_many(tasks, policy)
         batch = collate_rollouts(rollouts, [prompt_tokens[r.prompt] for r in rollouts], tokenizer,
                                  tokenizer.pad_token_id, cfg.rl.max_response_tokens).to(accelerator.device)
         mask = batch.response_mask
@@ -646,7 +659,7 @@ def main(argv: list[str] | None = None) -> dict:
             saved = checkpointing.save_checkpoint(accelerator, run_dir, trainer_state(),
                                                   keep_last=cfg.checkpoint.keep_last)
             progress.close()
-            accelerator.end_training()
+            finish_tracking(accelerator)
             raise nan_guard.stop_error(guard, ppo_step, saved)
     progress.close()
     loop_seconds = time.perf_counter() - loop_started
@@ -662,6 +675,10 @@ def main(argv: list[str] | None = None) -> dict:
     if len(set(actor_digests)) != 1:
         raise RuntimeError(f"processes ended with different actor weights (sha256 per process: {actor_digests}); "
                            f"data-parallel training went out of sync.")
+    # Whole weights on the main process: under FSDP2 a gather (a collective, so every process calls it).
+    sharded = is_fsdp(accelerator)
+    actor_state = full_state_dict(accelerator, actor) if sharded else None
+    critic_state = full_state_dict(accelerator, critic) if sharded else None
     export_dir = export_dir_for(cfg.run, cfg.export, RECIPE)
     throughput = {"train_episodes": episodes_seen * accelerator.num_processes, "train_loop_seconds": loop_seconds,
                   "peak_accelerator_memory_bytes": peak_accelerator_memory_bytes()}
@@ -669,12 +686,17 @@ def main(argv: list[str] | None = None) -> dict:
               "tracking": tracking.to_dict(), "throughput": throughput, "reference_sha256": reference_digest,
               "actor_sha256_per_process": actor_digests}
     if accelerator.is_main_process:
-        policy_model = unwrapped_actor.merge_and_unload() if cfg.lora.enabled else unwrapped_actor
-        value_head = accelerator.unwrap_model(critic).value_head
+        if sharded:
+            policy_model = rebuild_policy(cfg, actor_state, dtype)
+            value_head_state = {k.removeprefix("value_head."): v for k, v in critic_state.items()
+                                if k.startswith("value_head.")}
+        else:
+            policy_model = unwrapped_actor.merge_and_unload() if cfg.lora.enabled else unwrapped_actor
+            value_head_state = accelerator.unwrap_model(critic).value_head.state_dict()
         model_config = {"router_type": RECIPE, "model_pool": model_pool, "policy_dir": POLICY_DIR,
                         "pool_config": POOL_CONFIG_FILE, "base_policy": cfg.model.policy,
                         "base_revision": cfg.model.revision, "use_chat_template": cfg.model.use_chat_template,
-                        "value_head_hidden_size": int(value_head.in_features),
+                        "value_head_hidden_size": int(value_head_state["weight"].shape[1]),
                         "generation": {"temperature": cfg.rl.temperature, "top_p": cfg.rl.top_p,
                                        "max_new_tokens": cfg.rl.max_new_tokens,
                                        "stop_strings": [f"</{t}>" for t in STOP_TAGS]},
@@ -693,7 +715,7 @@ def main(argv: list[str] | None = None) -> dict:
             if history else {})
         # One atomic export: policy/ and pool_config.json are written into export_router's temporary directory,
         # so a crash while saving the policy leaves the previous export as it was (issue 6 §5).
-        export_router(export_dir, {f"value_head.{k}": v for k, v in value_head.state_dict().items()}, model_config,
+        export_router(export_dir, {f"value_head.{k}": v for k, v in value_head_state.items()}, model_config,
                       manifest, extra_files=lambda directory: write_policy_files(directory, policy_model, tokenizer,
                                                                                  cfg.pool))
         registered = register_run_export(cfg.export, export_dir, cfg.run.output_dir)
@@ -702,8 +724,25 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"checkpoint: {export_dir}")
         print(f"step checkpoints: {run_dir}")
         print(tracking.describe(), flush=True)
-    accelerator.end_training()
+    finish_tracking(accelerator)
     return result
+
+
+def rebuild_policy(cfg: RouterR1Config, state_dict: dict[str, torch.Tensor], dtype):
+    """The trained policy as a plain model on the main process, from the gathered whole state dict of a
+    sharded actor (FSDP2): the base model is loaded again, given the same LoRA adapters when they were
+    trained, filled with `state_dict` (strictly: every key must match) and merged."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(cfg.model.policy, revision=cfg.model.revision, dtype=dtype)
+    if cfg.lora.enabled:
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", r=cfg.lora.r, lora_alpha=cfg.lora.alpha,
+                                                 lora_dropout=cfg.lora.dropout,
+                                                 target_modules=list(cfg.lora.target_modules)))
+    model.load_state_dict(state_dict, strict=True)
+    return model.merge_and_unload() if cfg.lora.enabled else model
 
 
 def write_policy_files(directory: Path, policy_model, tokenizer, pool_cfg: PoolConfig) -> None:

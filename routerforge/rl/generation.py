@@ -63,9 +63,13 @@ def make_lm_policy(model, tokenizer, templates: dict[str, str], device: torch.de
             rows = live[start:start + settings.micro_batch_size]
             batch = tokenizer.pad({"input_ids": [encoded[i] for i in rows]}, padding=True, return_tensors="pt",
                                   padding_side="left").to(device)
+            # synced_gpus=False: generation is local to this process. transformers turns it on for FSDP2 modules,
+            # where it all-reduces a "finished" flag after every token; but processes make different numbers of
+            # calls (turns, micro-batches), so that would hang. Under FSDP the caller gathers the weights first
+            # (routerforge.train.sharded_models.gathered_for_generation); under DDP they are whole anyway.
             generated = model.generate(
                 **batch, **sampling, max_new_tokens=settings.max_new_tokens, stop_strings=list(STOP_STRINGS),
-                tokenizer=tokenizer, pad_token_id=tokenizer.pad_token_id)
+                tokenizer=tokenizer, pad_token_id=tokenizer.pad_token_id, synced_gpus=False)
             for row, ids in zip(rows, generated[:, batch["input_ids"].shape[1]:].tolist(), strict=True):
                 # Cut at the first EOS/pad: the episode's text ends there (finished rows are padded).
                 end = next((k for k, token in enumerate(ids) if token in special_ids), len(ids))

@@ -30,7 +30,7 @@ owns its loop; this package owns the parts that must behave the same in every re
    `start_tracking(accelerator, cfg.tracking, run_dir, name, run_id, config_to_dict(cfg))` -> TrackingRun.
    W&B is offline unless WANDB_API_KEY is set and the host answers. Use one run id per training run: a
    new one (`new_run_id()`, broadcast from rank 0) or, on resume, `TrainerState.tracking_run_id`.
-   Log with `accelerator.log(..., step=optimizer_step)`; finish with `accelerator.end_training()`.
+   Log with `accelerator.log(..., step=optimizer_step)`; finish with `finish_tracking(accelerator)` (NOT `accelerator.end_training()`: see its docstring).
 
 4. Data - `data_loading`, `pair_data`
    `build_train_loader(dataset, micro_batch_size, seed)` (order = f(seed, epoch); own torch.Generator so the
@@ -57,7 +57,7 @@ owns its loop; this package owns the parts that must behave the same in every re
    in the loop `if nan_guard.update_allowed(guard, accelerator, loss, optimizer_step + 1):` around
    backward / clip / optimizer.step (zero_grad stays outside), `skipped = nan_guard.close_optimizer_step(guard)`
    where `accelerator.sync_gradients`, the two counters in TrainerState, and after the checkpoint block
-   `if nan_guard.must_stop(guard):` save a checkpoint, `accelerator.end_training()`, raise
+   `if nan_guard.must_stop(guard):` save a checkpoint, `finish_tracking(accelerator)`, raise
    `nan_guard.stop_error(...)` (exit status 3). training/train_mf.py shows all of it.
 
 7. End of run

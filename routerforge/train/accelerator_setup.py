@@ -10,8 +10,8 @@ import os
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
-from accelerate.utils import ProjectConfiguration, set_seed
+from accelerate import Accelerator, PartialState
+from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin, ProjectConfiguration, set_seed
 
 from routerforge.errors import ConfigError
 from routerforge.train.run_config import RunConfig, TrackingConfig
@@ -28,6 +28,10 @@ def build_accelerator(run: RunConfig, tracking: TrackingConfig, run_dir: Path) -
     The LR scheduler is NOT stepped by accelerate (`step_scheduler_with_optimizer=False`): recipes call
     `scheduler.step()` once per optimizer step themselves, so warmup and decay lengths are in optimizer
     steps whatever the number of processes (accelerate otherwise steps it `num_processes` times).
+
+    FSDP on CPU: accelerate 1.15 turns an FSDP launch config into FSDP only on accelerators; on a CPU
+    world it silently trains with DDP instead. `shard_cpu_world_if_asked` makes such a run real FSDP2
+    over gloo (launch/accelerate/fsdp_cpu_2proc.yaml), so the sharded code paths run and are tested here.
     """
     if run.mixed_precision == "fp16" and not torch.cuda.is_available():
         raise ConfigError("run.mixed_precision=fp16 needs a CUDA GPU (this machine has none); use bf16 or no.")
@@ -46,7 +50,33 @@ def build_accelerator(run: RunConfig, tracking: TrackingConfig, run_dir: Path) -
             f"the launcher started {launched_world} processes but accelerate formed a world of "
             f"{accelerator.num_processes}; on CPU use `accelerate launch --multi_gpu --num_processes "
             f"{launched_world}` with ACCELERATE_USE_CPU=true (or launch/accelerate/cpu_2proc.yaml).")
+    shard_cpu_world_if_asked(accelerator, run.mixed_precision)
     return accelerator
+
+
+def shard_cpu_world_if_asked(accelerator: Accelerator, mixed_precision: str) -> None:
+    """Switch a multi-process CPU world to FSDP2 when the launch config asked for FSDP (ACCELERATE_USE_FSDP).
+
+    accelerate's AcceleratorState adopts an FSDP plugin only for accelerator worlds (MULTI_GPU, ...); for
+    MULTI_CPU it keeps DDP without a word. torch's FSDP2 (`fully_shard`) itself runs on CPU over gloo, so
+    we set the distributed type and the plugin (built from the FSDP_* variables `accelerate launch` exports)
+    on the shared state, as accelerate would on GPUs; `prepare` then shards exactly as it does there.
+    Only FSDP2 is supported this way (FSDP1 needs a CUDA device id).
+    """
+    wants_fsdp = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+    if not wants_fsdp or accelerator.distributed_type != DistributedType.MULTI_CPU:
+        return
+    plugin = FullyShardedDataParallelPlugin()  # reads FSDP_VERSION, FSDP_AUTO_WRAP_POLICY, ... from the environment
+    if plugin.fsdp_version != 2:
+        raise ConfigError(f"FSDP on CPU runs only with fsdp_version: 2 (the launch config has {plugin.fsdp_version}); "
+                          f"see launch/accelerate/fsdp_cpu_2proc.yaml.")
+    if mixed_precision != "no":
+        plugin.set_mixed_precision(mixed_precision)
+    accelerator.state.distributed_type = DistributedType.FSDP
+    accelerator.state.fsdp_plugin = plugin
+    # As AcceleratorState.__init__ does for GPUs: every later AcceleratorState() (accelerate's set_seed makes one)
+    # copies PartialState's fields over its own, so the type must be changed there too.
+    PartialState._shared_state["distributed_type"] = DistributedType.FSDP
 
 
 def seed_for_model_init(seed: int) -> None:

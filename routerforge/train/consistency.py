@@ -12,14 +12,21 @@ import hashlib
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedType, gather_object
+from torch.distributed.tensor import DTensor
 
 from routerforge.errors import ConfigError
 
 
 def parameter_digest(model: torch.nn.Module) -> str:
-    """sha256 over every parameter's name, dtype, shape and bytes, in state-dict order."""
+    """sha256 over every parameter's name, dtype, shape and bytes, in state-dict order.
+
+    A sharded (FSDP2) model's DTensors are gathered whole first: a collective, so under FSDP call this on
+    every process; the digest is then that of the full model, the same on every process.
+    """
     h = hashlib.sha256()
     for name, tensor in model.state_dict().items():
+        if isinstance(tensor, DTensor):
+            tensor = tensor.full_tensor()
         t = tensor.detach().to("cpu").contiguous()
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())

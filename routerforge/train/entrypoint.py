@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import gc
 import logging
 import os
 import sys
@@ -17,15 +16,17 @@ from routerforge.errors import RouterForgeError
 def run_recipe(main: Callable[[list[str] | None], object], argv: list[str] | None = None) -> None:
     """Call `main(argv)`; a RouterForgeError is printed as `error: <one line>` on stderr, exit status its code.
 
-    Multi-process runs (launched with WORLD_SIZE > 1) end with `os._exit` once the recipe has returned,
-    its process group is destroyed and every stream and log handler is flushed. Why: after a successful
-    2-process CPU run, the rank that finished first was intermittently aborted during interpreter teardown
-    ("terminate called without an active exception", SIGABRT; about 1 run in 5 here and in CI), and the
-    launcher then reported the whole run as failed. `destroy_process_group` alone did not stop it: the
-    gloo group stays referenced by DDP wrappers and is torn down by C++ static destructors racing the
-    interpreter's finalisation (pytorch/pytorch#179291 describes the same race). Nothing of the run is
-    lost by skipping that teardown: checkpoints and exports are complete and renamed into place before
-    `main` returns, and trackers are finished by `accelerator.end_training()`.
+    Multi-process runs (launched with WORLD_SIZE > 1) end with `os._exit` once the recipe has returned and
+    every stream and log handler is flushed, WITHOUT destroying the process group and without interpreter
+    teardown. Why: tearing the gloo group down at the end of a successful 2-process CPU run went wrong in two
+    ways. At interpreter exit the rank that finished first was intermittently aborted ("terminate called
+    without an active exception", SIGABRT; about 1 run in 5 here and in CI): C++ static destructors race
+    the interpreter's finalisation (pytorch/pytorch#179291 describes the same race). And when the group was
+    destroyed while DDP wrappers still referenced it (`accelerator.end_training()` does that), freeing the
+    wrapper as `main` returned ran the group's destructor, which joins gloo's threads while holding the GIL
+    that one of them needed: a hang (seen on Router-R1; recipes call `tracking.finish_tracking` instead).
+    Nothing of the run is lost: checkpoints and exports are complete and renamed into place before `main`
+    returns, and the trackers are finished; every process has passed the recipe's last barrier.
     """
     exit_code = 0
     try:
@@ -33,9 +34,9 @@ def run_recipe(main: Callable[[list[str] | None], object], argv: list[str] | Non
     except RouterForgeError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         exit_code = exc.exit_code
-    _destroy_process_group()
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         _exit_without_interpreter_teardown(exit_code)
+    _destroy_process_group()
     if exit_code:
         sys.exit(exit_code)
 
@@ -48,7 +49,6 @@ def _destroy_process_group() -> None:
 
 
 def _exit_without_interpreter_teardown(exit_code: int) -> None:
-    gc.collect()  # release what reference cycles still hold (models, the group) while the interpreter is whole
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()

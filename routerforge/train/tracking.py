@@ -138,3 +138,19 @@ def start_tracking(
             local_dir = str(Path(wandb_run.dir).parent)  # run.dir is <...>/offline-run-*/files
         url = getattr(wandb_run, "url", None) if mode == "online" else None
     return TrackingRun(tracker="wandb", run_id=run_id, mode=mode, local_dir=local_dir, url=url)
+
+
+def finish_tracking(accelerator: Accelerator) -> None:
+    """End the run's trackers (W&B, TensorBoard); what `accelerator.end_training()` does MINUS destroying the
+    process group.
+
+    Why not `end_training`: it destroys the gloo/NCCL group while the recipe's DDP/FSDP wrappers still hold
+    references to it. When `main` then returns, freeing the wrapper frees the group's last reference, and its
+    destructor joins the gloo worker threads while holding the GIL; a worker that is releasing a Python tensor
+    waits for that GIL: a deadlock at the very end of an otherwise finished run (seen on a 2-process
+    Router-R1 run: rank 1 stuck in ~ProcessGroupGloo under Reducer::~Reducer). The group stays registered
+    instead, so freeing a wrapper never runs its destructor, and `routerforge.train.entrypoint.run_recipe`
+    ends multi-process runs with `os._exit` after flushing everything.
+    """
+    for tracker in accelerator.trackers:
+        tracker.finish()

@@ -37,6 +37,7 @@ CONFIGS = {  # file -> (distributed type, processes in total, machines)
     "single_gpu.yaml": (DistributedType.NO, 1, 1),
     "ddp_8gpu.yaml": (DistributedType.MULTI_GPU, 8, 1),
     "fsdp.yaml": (DistributedType.FSDP, 8, 1),
+    "fsdp_cpu_2proc.yaml": (DistributedType.FSDP, 2, 1),
     "deepspeed_zero2.yaml": (DistributedType.DEEPSPEED, 8, 1),
     "deepspeed_zero3.yaml": (DistributedType.DEEPSPEED, 8, 1),
     "multinode_2x8.yaml": (DistributedType.MULTI_GPU, 16, 2),
