@@ -46,6 +46,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -345,7 +346,6 @@ def refuse_deepspeed_ppo(accelerator) -> None:
 #     env_mask), checkpoints as HF Trainer does (<run_dir>/checkpoint-N), and exports like PPO minus the value head
 # ----------------------------------------------------------------------------------------------------
 def main_grpo(cfg: RouterR1Config) -> dict:
-    from accelerate import PartialState
     from transformers import AutoTokenizer
 
     run_dir = run_dir_for(cfg.run, RECIPE)
@@ -378,7 +378,7 @@ def main_grpo(cfg: RouterR1Config) -> dict:
         peft_config = LoraConfig(task_type="CAUSAL_LM", r=cfg.lora.r, lora_alpha=cfg.lora.alpha,
                                  lora_dropout=cfg.lora.dropout, target_modules=list(cfg.lora.target_modules))
     args = build_grpo_args(cfg.grpo, cfg.run, cfg.optim, cfg.checkpoint, cfg.tracking, report_to, run_dir,
-                           PartialState().num_processes,
+                           int(os.environ.get("WORLD_SIZE", "1")),  # the trainer checks the world it forms
                            model_init_kwargs={"dtype": cfg.model.dtype, "revision": cfg.model.revision})
     rollout_func = make_rollout_func(env, tokenizer, tasks_by_prompt, cfg.grpo.generation_settings(
         cfg.run.micro_batch_size), cfg.model.use_chat_template, cfg.grpo.max_response_tokens)

@@ -44,6 +44,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from routerforge.config import doc
 from routerforge.errors import CheckpointError, ConfigError
 from routerforge.rl.env import Rollout, RoutingEnv
@@ -266,7 +268,12 @@ def build_grpo_args(grpo: GRPOBlockConfig, run: RunConfig, optim: OptimConfig, c
     if run.mixed_precision == "fp16":
         raise ConfigError("run.mixed_precision=fp16 is not supported by the GRPO path; use bf16 or no.")
     accumulation = gradient_accumulation_for(grpo, run, world_size)
+    # Without an accelerator HF's TrainingArguments form a multi-process world only with use_cpu (and gloo);
+    # otherwise every process launched by `accelerate launch` / torchrun trains alone (world size 1), as
+    # build_accelerator explains for the other recipes. build_grpo_trainer checks the world it formed.
+    cpu = not torch.accelerator.is_available()
     return GRPOConfig(
+        use_cpu=cpu, ddp_backend="gloo" if cpu and world_size > 1 else None,
         output_dir=str(run_dir), seed=run.seed, data_seed=run.seed,
         max_steps=run.max_optimizer_steps if run.max_optimizer_steps is not None else -1,
         num_train_epochs=run.epochs, per_device_train_batch_size=run.micro_batch_size,
@@ -347,9 +354,14 @@ def build_grpo_trainer(policy: str, tokenizer, args, prompts: list[str], rollout
                           train_dataset=Dataset.from_dict({"prompt": list(prompts)}), processing_class=tokenizer,
                           rollout_func=rollout_func, peft_config=peft_config,
                           callbacks=[save_cost_window_callback(normalizer)])
-    if trainer.is_fsdp_enabled:
+    if trainer.is_fsdp_enabled or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
         raise ConfigError("router_r1 GRPO does not support FSDP (its multi-turn generation needs the full "
-                          "parameters; TRL gathers them only through private API); use DDP or DeepSpeed.")
+                          "parameters; TRL gathers them only through private API); use DDP or DeepSpeed "
+                          "(algorithm=ppo runs under FSDP2).")
+    launched_world = int(os.environ.get("WORLD_SIZE", "1"))
+    if trainer.accelerator.num_processes != launched_world:
+        raise ConfigError(f"the launcher started {launched_world} processes but the GRPO trainer formed a world of "
+                          f"{trainer.accelerator.num_processes}; launch with launch/accelerate/cpu_2proc.yaml on CPU.")
     return trainer
 
 

@@ -96,3 +96,32 @@ def test_algorithm_and_grpo_keys_are_validated(tiny_lm, tmp_path):
         recipe.main(tiny_argv(tiny_lm, tmp_path, "grpo.num_generations=1"))
     with pytest.raises(ConfigError, match="grpo.mini_batch_size"):
         recipe.main(tiny_argv(tiny_lm, tmp_path, "grpo.mini_batch_size=2", "run.micro_batch_size=4"))
+
+
+@pytest.mark.slow
+def test_two_processes_form_one_data_parallel_world_and_fsdp_is_refused(tiny_lm, tmp_path):
+    """Under `accelerate launch` on CPU, HF's TrainingArguments form the gloo world only with use_cpu; without
+    it each process trained alone (world size 1) and both wrote the same export. Now: one world of 2, one
+    policy, every process's cost window checkpointed. FSDP (not supported for GRPO) is a one-line error."""
+    from tests.fixtures.recipe_runner import FSDP_CPU_2PROC, run_recipe
+
+    overrides = [f"model.policy={tiny_lm}", f"run.output_dir={tmp_path / 'ddp'}"]
+    run_recipe("training/train_router_r1.py", "configs/router_r1/tiny_grpo.yaml", overrides, processes=2)
+    export_dir = tmp_path / "ddp" / "router_r1" / "router-r1-grpo-tiny" / "final"
+    training = json.loads((export_dir / "manifest.json").read_text())["training"]
+    assert (training["world_size"], training["distributed_type"]) == (2, "MULTI_CPU")
+    digests = training["actor_sha256_per_process"]
+    assert len(digests) == 2 and digests[0] == digests[1]  # one data-parallel policy
+    from transformers import AutoModelForCausalLM
+
+    assert parameter_digest(AutoModelForCausalLM.from_pretrained(export_dir / "policy")) == digests[0]
+    run_dir = export_dir.parent
+    assert sorted(p.name for p in (run_dir / "checkpoint-2").glob("cost_window_rank*.json")) == [
+        "cost_window_rank0.json", "cost_window_rank1.json"]
+
+    refused = run_recipe("training/train_router_r1.py", "configs/router_r1/tiny_grpo.yaml",
+                         [f"model.policy={tiny_lm}", f"run.output_dir={tmp_path / 'fsdp'}"], processes=2,
+                         launch_config=FSDP_CPU_2PROC, check=False)
+    assert refused.returncode != 0
+    assert "error: router_r1 GRPO does not support FSDP" in refused.stderr
+    assert not (tmp_path / "fsdp" / "router_r1" / "router-r1-grpo-tiny" / "final").exists()
