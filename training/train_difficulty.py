@@ -93,6 +93,7 @@ from routerforge.train.run_config import (
     parse_recipe_args,
     run_dir_for,
 )
+from routerforge.train.sharded_models import full_state_dict, is_fsdp
 from routerforge.train.tracking import finish_tracking, new_run_id, start_tracking
 
 RECIPE = "difficulty"
@@ -210,6 +211,19 @@ def nonempty(tables, split: str):
 
 
 @torch.no_grad()
+def plain_router_from_state(cfg: DifficultyConfig, head_spec: HeadSpec, state_dict: dict) -> DifficultyRouter:
+    """The trained router as a plain (unsharded) module: backbone (+ the same LoRA adapters) and heads built as
+    in section 4, filled with the gathered whole `state_dict` (strictly: every key must match)."""
+    backbone, _, backbone_info = load_backbone(cfg.model.backbone)
+    lora = cfg.model.lora
+    if lora.enabled:
+        backbone = apply_lora(backbone, backbone_info.model_type, lora.r, lora.alpha, lora.dropout,
+                              lora.target_modules)
+    router = DifficultyRouter(backbone, DifficultyHeads(head_spec), cfg.model.pooling)
+    router.load_state_dict(state_dict, strict=True)
+    return router.eval()
+
+
 def evaluate(accelerator, router: DifficultyRouter, loader) -> dict:
     """Per-head losses and accuracies over the whole split, gathered from every process."""
     router.eval()
@@ -470,6 +484,9 @@ def main(argv: list[str] | None = None) -> dict:
     if len(set(digests)) != 1:
         raise RuntimeError(f"processes ended with different weights (sha256 per process: {digests}); "
                            f"data-parallel training went out of sync.")
+    # Under FSDP2 no process holds the whole router: gather it to the main process (a collective: every process
+    # calls it), which loads it into a plain copy built like section 4's and exports that (launch/README.md note 4).
+    full_state = full_state_dict(accelerator, router) if is_fsdp(accelerator) else None
     export_dir = export_dir_for(cfg.run, cfg.export, RECIPE)
     throughput = {"train_samples": total_samples, "train_loop_seconds": loop_seconds,
                   "train_samples_per_second": total_samples / loop_seconds if loop_seconds > 0 else float("nan"),
@@ -478,6 +495,8 @@ def main(argv: list[str] | None = None) -> dict:
               "tracking": tracking.to_dict(), "metrics": final_eval, "throughput": throughput,
               "skipped_nonfinite_steps": guard.skipped_steps}
     if accelerator.is_main_process:
+        if full_state is not None:
+            unwrapped = plain_router_from_state(cfg, head_spec, full_state)
         router_config = {
             "router_type": ROUTER_TYPE, "model_pool": model_pool, "heads": head_spec.to_dict(),
             "candidates": [c.to_dict() for c in candidates], "reference_model": reference,

@@ -61,7 +61,7 @@ from routerforge.train.accelerator_setup import (
     seed_for_training,
     world_description,
 )
-from routerforge.train.consistency import parameter_digests
+from routerforge.train.consistency import parameter_digests, refuse_sharded_weights
 from routerforge.train.data_loading import batches_for_epoch, build_train_loader, normalize_position
 from routerforge.train.entrypoint import run_recipe
 from routerforge.train.export import build_manifest, export_router
@@ -434,6 +434,7 @@ def main(argv: list[str] | None = None) -> dict:
     # ------------------------------------------------------------------------------------------------
     run_dir = run_dir_for(cfg.run, RECIPE)
     accelerator = build_accelerator(cfg.run, cfg.tracking, run_dir)
+    refuse_sharded_weights(accelerator, RECIPE)  # probes on stored hidden states: small, replicate them (DDP)
     resume_from = checkpointing.resolve_resume(cfg.resume, run_dir)
     resumed_state = checkpointing.TrainerState.read(resume_from) if resume_from else None
     run_id_box = [resumed_state.tracking_run_id if resumed_state and resumed_state.tracking_run_id else new_run_id()]

@@ -359,3 +359,32 @@ def test_consecutive_nonfinite_steps_end_the_run_with_a_checkpoint_and_exit_3(ti
                             load_file(str(export_of(tmp_path / "reference") / name)), f"resumed vs reference: {name}")
     _, _, manifest = read_export(export_of(out))
     assert manifest["training"]["skipped_nonfinite_steps"] == 3 and manifest["training"]["optimizer_steps"] == 9
+
+
+@pytest.mark.slow
+def test_fsdp2_run_exports_the_same_router_as_ddp(tiny_data, backbone, tmp_path):
+    """Real FSDP2 over gloo (launch/accelerate/fsdp_cpu_2proc.yaml, one unit per DebertaV2Layer): no process
+    holds the whole router, so the export is gathered (launch/README.md note 4). Same files as ever, the same
+    weights as a DDP run up to float summation order, loadable by load_router."""
+    from tests.fixtures.recipe_runner import FSDP_CPU_2PROC
+
+    steps = ["run.max_optimizer_steps=4", "checkpoint.every_optimizer_steps=2"]
+    run_recipe(SCRIPT, CONFIG, overrides(tiny_data, tmp_path / "ddp", backbone, *steps), processes=2)
+    run_recipe(SCRIPT, CONFIG, overrides(tiny_data, tmp_path / "fsdp", backbone, *steps), processes=2,
+               launch_config=FSDP_CPU_2PROC, launch_args=("--fsdp_transformer_layer_cls_to_wrap", "DebertaV2Layer"))
+    ddp, fsdp = export_of(tmp_path / "ddp"), export_of(tmp_path / "fsdp")
+    assert export_files(fsdp) == EXPORT_FILES
+    training = json.loads((fsdp / "manifest.json").read_text())["training"]
+    assert (training["distributed_type"], training["world_size"]) == ("FSDP", 2)
+    digests = training["param_sha256_per_process"]
+    assert len(digests) == 2 and digests[0] == digests[1]  # over the gathered weights
+    step = {p.name for p in (tmp_path / "fsdp" / "difficulty" / "difficulty-tiny" / "step-000004").iterdir()}
+    assert {"pytorch_model_fsdp_0", "optimizer_0"} <= step  # sharded step checkpoints
+    for name in ("model.safetensors", "backbone/model.safetensors"):
+        a, b = load_file(ddp / name), load_file(fsdp / name)
+        assert a.keys() == b.keys()
+        for key in a:
+            torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-5, msg=f"{name}:{key}")
+    router, _, config = load_router(fsdp)  # verifies every file's sha256; weights compared above
+    assert config["router_type"] == "difficulty"
+    assert sum(p.numel() for p in router.parameters()) == sum(p.numel() for p in load_router(ddp)[0].parameters())
