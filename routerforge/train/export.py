@@ -101,6 +101,7 @@ def export_router(export_dir: Path, state_dict: dict[str, torch.Tensor], model_c
     """
     export_dir = Path(export_dir)
     export_dir.parent.mkdir(parents=True, exist_ok=True)
+    recover_interrupted_export(export_dir)
     tmp = export_dir.with_name(f".tmp-{export_dir.name}-{os.getpid()}")
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -128,6 +129,39 @@ def export_router(export_dir: Path, state_dict: dict[str, torch.Tensor], model_c
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return export_dir
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def recover_interrupted_export(export_dir: Path) -> list[str]:
+    """Clean up after an export whose process died (SIGKILL, OOM) mid-write; return what was done.
+
+    A dead writer leaves `.tmp-<name>-<pid>` (a partial new export: deleted) and, if it died between its two
+    renames, `.old-<name>-<pid>` (the previous good export, moved aside): put back when `export_dir` is
+    missing, else deleted. Directories of a writer that is still alive are left alone.
+    """
+    actions = []
+    for leftover in sorted(export_dir.parent.glob(f".*-{export_dir.name}-*")):
+        kind, _, pid = leftover.name.rpartition("-")
+        if kind not in (f".tmp-{export_dir.name}", f".old-{export_dir.name}") or not pid.isdigit():
+            continue
+        if _process_alive(int(pid)) and int(pid) != os.getpid():
+            continue
+        if kind.startswith(".old-") and not export_dir.exists():
+            os.rename(leftover, export_dir)
+            actions.append(f"restored {export_dir} from {leftover.name}")
+        else:
+            shutil.rmtree(leftover, ignore_errors=True)
+            actions.append(f"removed {leftover.name}")
+    return actions
 
 
 class UnsafeWeightsError(CheckpointError):

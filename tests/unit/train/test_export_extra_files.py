@@ -91,3 +91,47 @@ def test_extra_files_may_not_write_the_manifest(tmp_path):
     with pytest.raises(ValueError, match="manifest.json"):
         export(tmp_path / "final", 1, lambda d: (d / "manifest.json").write_text("{}"))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_export_killed_mid_write_is_cleaned_up_and_a_killed_swap_is_undone(tmp_path):
+    """A real SIGKILL while extra_files writes: the partial `.tmp-final-<pid>` is left behind, the next export
+    removes it. A writer killed between its two renames left the previous export in `.old-final-<pid>`:
+    it is put back when `final/` is missing (never lose the last good export)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from routerforge.train.export import recover_interrupted_export
+
+    export_dir = tmp_path / "final"
+    export_router(export_dir, {"w": torch.zeros(2)}, {"router_type": "router_r1", "v": 1}, manifest_for(1))
+    script = (
+        "import sys, time, torch\n"
+        "from pathlib import Path\n"
+        "from routerforge.train.export import export_router\n"
+        "def slow(d):\n"
+        "    (d / 'part.bin').write_bytes(b'x' * 10)\n"
+        "    print('writing', flush=True)\n"
+        "    time.sleep(60)\n"
+        f"export_router(Path({str(export_dir)!r}), {{'w': torch.ones(2)}}, {{'router_type': 'router_r1', 'v': 2}}, {{}}, extra_files=slow)\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "writing"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    leftover = tmp_path / f".tmp-final-{proc.pid}"
+    assert (leftover / "part.bin").is_file()
+    assert json.loads((export_dir / "config.json").read_text())["v"] == 1  # the good export is untouched
+
+    export_router(export_dir, {"w": torch.ones(2)}, {"router_type": "router_r1", "v": 3}, manifest_for(3))
+    assert not leftover.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["final"]
+
+    # Killed between the renames: final/ moved to .old-final-<dead pid>, the new one never arrived.
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    aside = tmp_path / f".old-final-{int(dead.stdout)}"
+    export_dir.rename(aside)
+    time.sleep(0.1)
+    assert recover_interrupted_export(export_dir) == [f"restored {export_dir} from {aside.name}"]
+    assert json.loads((export_dir / "config.json").read_text()) == {"router_type": "router_r1", "v": 3}
+    verify_checkpoint(export_dir)
