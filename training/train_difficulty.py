@@ -211,15 +211,20 @@ def nonempty(tables, split: str):
 
 
 @torch.no_grad()
-def plain_router_from_state(cfg: DifficultyConfig, head_spec: HeadSpec, state_dict: dict) -> DifficultyRouter:
-    """The trained router as a plain (unsharded) module: backbone (+ the same LoRA adapters) and heads built as
-    in section 4, filled with the gathered whole `state_dict` (strictly: every key must match)."""
-    backbone, _, backbone_info = load_backbone(cfg.model.backbone)
+def assemble_router(cfg: DifficultyConfig, backbone, backbone_info, head_spec: HeadSpec) -> DifficultyRouter:
+    """Section 4's router: the backbone (+ LoRA adapters when model.lora.enabled) -> pooling -> heads."""
     lora = cfg.model.lora
     if lora.enabled:
         backbone = apply_lora(backbone, backbone_info.model_type, lora.r, lora.alpha, lora.dropout,
                               lora.target_modules)
-    router = DifficultyRouter(backbone, DifficultyHeads(head_spec), cfg.model.pooling)
+    return DifficultyRouter(backbone, DifficultyHeads(head_spec), cfg.model.pooling)
+
+
+def plain_router_from_state(cfg: DifficultyConfig, head_spec: HeadSpec, state_dict: dict) -> DifficultyRouter:
+    """The trained router as a plain (unsharded) module built as in section 4, filled with the gathered
+    whole `state_dict` (strictly: every key must match)."""
+    backbone, _, backbone_info = load_backbone(cfg.model.backbone)
+    router = assemble_router(cfg, backbone, backbone_info, head_spec)
     router.load_state_dict(state_dict, strict=True)
     return router.eval()
 
@@ -351,10 +356,7 @@ def main(argv: list[str] | None = None) -> dict:
                          difficulty=use_difficulty, num_models=len(model_pool) if use_win else 0,
                          dropout=cfg.model.head_dropout)
     lora = cfg.model.lora
-    if lora.enabled:
-        backbone = apply_lora(backbone, backbone_info.model_type, lora.r, lora.alpha, lora.dropout,
-                              lora.target_modules)
-    router = DifficultyRouter(backbone, DifficultyHeads(head_spec), cfg.model.pooling)
+    router = assemble_router(cfg, backbone, backbone_info, head_spec)
     frozen_unused = freeze_unused_parameters(router, collate([train_examples[i] for i in range(
         min(2, len(train_examples)))]))
     loss_weights = LossWeights(cfg.loss.candidate_weight, cfg.loss.difficulty_weight, cfg.loss.win_weight)

@@ -3,8 +3,9 @@
 Under FSDP2 no process holds a whole model: every forward pass of an FSDP unit all-gathers its
 parameters, a collective that every process must enter the same number of times. A PPO rollout breaks
 that: each process's episodes take a different number of turns, `generate` calls and tokens, so a
-sharded `generate` would hang (transformers' `synced_gpus` keeps processes in step only WITHIN one call,
-and does not even switch on for accelerate's FSDP2 wrapping). `gathered_for_generation` therefore
+sharded `generate` would hang. (transformers switches `synced_gpus` on for FSDP2 modules, which keeps
+processes in step only WITHIN one call, by an all-reduce per token: that hangs too when one process makes
+more calls; so generate locally with `synced_gpus=False`.) `gathered_for_generation` therefore
 all-gathers the model once, lets each process generate locally, and reshards afterwards: each device holds
 the whole actor during rollouts (6 GB for a 3B policy in bf16), the price TRL's
 `unwrap_model_for_generation` pays under DeepSpeed ZeRO-3 too.
