@@ -114,6 +114,17 @@ DELEGATED = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    exit_code = _run(argv)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # launched as several processes (distributed prep, hidden
+        # states): end like the recipes do, without interpreter teardown of the gloo group (it can abort;
+        # routerforge/train/entrypoint.py explains)
+        from routerforge.train.entrypoint import exit_without_interpreter_teardown
+
+        exit_without_interpreter_teardown(exit_code)
+    return exit_code
+
+
+def _run(argv: list[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in DELEGATED:
         import importlib

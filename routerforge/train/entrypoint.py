@@ -35,7 +35,7 @@ def run_recipe(main: Callable[[list[str] | None], object], argv: list[str] | Non
         print(f"error: {exc}", file=sys.stderr, flush=True)
         exit_code = exc.exit_code
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        _exit_without_interpreter_teardown(exit_code)
+        exit_without_interpreter_teardown(exit_code)
     _destroy_process_group()
     if exit_code:
         sys.exit(exit_code)
@@ -48,7 +48,9 @@ def _destroy_process_group() -> None:
         dist.destroy_process_group()
 
 
-def _exit_without_interpreter_teardown(exit_code: int) -> None:
+def exit_without_interpreter_teardown(exit_code: int) -> None:
+    """Flush logs and streams, then end this process now (`os._exit`): how every multi-process run ends
+    (recipes through `run_recipe`, the `routerforge` CLI when launched with WORLD_SIZE > 1). See run_recipe."""
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()

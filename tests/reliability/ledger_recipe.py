@@ -28,7 +28,9 @@ from torch.utils.data import TensorDataset
 from routerforge.train import checkpointing, faults
 from routerforge.train.accelerator_setup import build_accelerator, seed_for_model_init, seed_for_training
 from routerforge.train.data_loading import batches_for_epoch, build_train_loader, normalize_position
+from routerforge.train.entrypoint import run_recipe
 from routerforge.train.run_config import RunConfig, TrackingConfig
+from routerforge.train.tracking import finish_tracking
 
 SEED = 5
 
@@ -92,8 +94,8 @@ def main(argv: list[str]) -> None:
         "world_size": accelerator.num_processes, "optimizer_steps": optimizer_step,
         "batches_per_epoch": batches_per_epoch, "resumed_from": str(resume_from) if resume_from else None,
         "weights": weights}))
-    accelerator.end_training()
+    finish_tracking(accelerator)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run_recipe(main, sys.argv[1:])  # ends a 2-process run as every recipe does (entrypoint.py)

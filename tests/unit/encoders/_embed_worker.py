@@ -80,8 +80,9 @@ def main() -> None:
         )
     )
     accelerator.wait_for_everyone()
-    accelerator.end_training()
 
 
 if __name__ == "__main__":
-    main()
+    from routerforge.train.entrypoint import run_recipe
+
+    run_recipe(lambda _argv: main())  # ends a 2-process run as every recipe does (entrypoint.py)
