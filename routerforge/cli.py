@@ -37,11 +37,10 @@ def _prep(args: argparse.Namespace) -> int:
         from accelerate import Accelerator
 
         # cpu=True on a machine without an accelerator forms a real gloo world (ARCHITECTURE.md, traps).
+        from routerforge.train.accelerator_setup import check_launched_world
+
         accelerator = Accelerator(cpu=not torch.accelerator.is_available())
-        if accelerator.num_processes != launched_world:
-            raise RouterForgeError(f"launched {launched_world} processes but accelerate formed a world of "
-                                   f"{accelerator.num_processes}; on CPU use `accelerate launch --multi_gpu "
-                                   f"--num_processes {launched_world}` (launch/accelerate/cpu_2proc.yaml).")
+        check_launched_world(accelerator.num_processes)
         if accelerator.is_main_process:
             print(f"distributed prep: world_size={accelerator.num_processes}", file=sys.stderr)
     path = run_pipeline(cfg, until=args.stage, force=args.force, accelerator=accelerator, keep_work=args.keep_work)

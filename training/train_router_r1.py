@@ -159,6 +159,13 @@ class RouterR1LoraConfig:
         if self.enabled and not self.target_modules:
             raise ValueError("lora.target_modules is empty; name the modules that get adapters")
 
+    def peft_config(self, task_type: str | None = "CAUSAL_LM"):
+        """peft's LoraConfig with these settings (task_type None: a bare trunk, the critic's)."""
+        from peft import LoraConfig
+
+        return LoraConfig(task_type=task_type, r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout,
+                          target_modules=list(self.target_modules))
+
 
 @dataclass(frozen=True)
 class RouterR1TaskConfig:
@@ -371,12 +378,7 @@ def main_grpo(cfg: RouterR1Config) -> dict:
     if longest > cfg.grpo.max_prompt_tokens:
         raise ConfigError(f"grpo.max_prompt_tokens={cfg.grpo.max_prompt_tokens} but the longest training prompt has "
                           f"{longest} tokens; raise grpo.max_prompt_tokens (or shorten the pool descriptions).")
-    peft_config = None
-    if cfg.lora.enabled:
-        from peft import LoraConfig
-
-        peft_config = LoraConfig(task_type="CAUSAL_LM", r=cfg.lora.r, lora_alpha=cfg.lora.alpha,
-                                 lora_dropout=cfg.lora.dropout, target_modules=list(cfg.lora.target_modules))
+    peft_config = cfg.lora.peft_config() if cfg.lora.enabled else None
     args = build_grpo_args(cfg.grpo, cfg.run, cfg.optim, cfg.checkpoint, cfg.tracking, report_to, run_dir,
                            int(os.environ.get("WORLD_SIZE", "1")),  # the trainer checks the world it forms
                            model_init_kwargs={"dtype": cfg.model.dtype, "revision": cfg.model.revision})
@@ -482,12 +484,10 @@ def main(argv: list[str] | None = None) -> dict:
     reference_digest = parameter_digest(reference)  # checked at the end: the reference must never move
     critic = build_value_model(cfg.model.policy, dtype=dtype, revision=cfg.model.revision)
     if cfg.lora.enabled:
-        from peft import LoraConfig, get_peft_model
+        from peft import get_peft_model
 
-        lora = dict(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
-                    target_modules=list(cfg.lora.target_modules))
-        actor = get_peft_model(actor, LoraConfig(task_type="CAUSAL_LM", **lora))
-        critic.trunk = get_peft_model(critic.trunk, LoraConfig(**lora))  # the value head stays fully trainable
+        actor = get_peft_model(actor, cfg.lora.peft_config())
+        critic.trunk = get_peft_model(critic.trunk, cfg.lora.peft_config(task_type=None))  # value head: fully trained
     templates = {}
     prompt_tokens = {}
     for task in train_tasks:
@@ -736,11 +736,9 @@ def rebuild_policy(cfg: RouterR1Config, state_dict: dict[str, torch.Tensor], dty
 
     model = AutoModelForCausalLM.from_pretrained(cfg.model.policy, revision=cfg.model.revision, dtype=dtype)
     if cfg.lora.enabled:
-        from peft import LoraConfig, get_peft_model
+        from peft import get_peft_model
 
-        model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", r=cfg.lora.r, lora_alpha=cfg.lora.alpha,
-                                                 lora_dropout=cfg.lora.dropout,
-                                                 target_modules=list(cfg.lora.target_modules)))
+        model = get_peft_model(model, cfg.lora.peft_config())
     model.load_state_dict(state_dict, strict=True)
     return model.merge_and_unload() if cfg.lora.enabled else model
 

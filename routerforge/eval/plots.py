@@ -37,6 +37,17 @@ def _save(fig: Figure, path: str | Path) -> Path:
     return path
 
 
+def _finish(fig: Figure, ax, path: str | Path, xlabel: str, ylabel: str, title: str) -> Path:
+    """The common tail of a one-axes plot: labels, title, grid, legend at the lower right; written as PNG."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def plot_strong_share_curves(reports: Mapping[str, BinaryReport], path: str | Path,
                              title: str = "Quality vs. strong-model calls") -> Path:
     """Curves of every router in `reports` (name -> report, all on the same prompts) plus references."""
@@ -61,13 +72,8 @@ def plot_strong_share_curves(reports: Mapping[str, BinaryReport], path: str | Pa
     ax.axhline(first.weak_mean, color="tab:blue", linestyle="--", linewidth=1.0,
                label=f"always weak ({first.weak_mean:.3f})")
     ax.set_xlim(0, 100)
-    ax.set_xlabel("Strong-model calls (% of prompts)")
-    ax.set_ylabel("Mean quality")
-    ax.set_title(f"{title} (n={first.n_prompts})")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    return _save(fig, path)
+    return _finish(fig, ax, path, "Strong-model calls (% of prompts)", "Mean quality",
+                   f"{title} (n={first.n_prompts})")
 
 
 def plot_quality_cost(report: MultiReport, path: str | Path, router_name: str = "router",
@@ -97,13 +103,7 @@ def plot_quality_cost(report: MultiReport, path: str | Path, router_name: str = 
         ax.annotate(name, (c, q), textcoords="offset points", xytext=(4, -10), fontsize=7)
     ax.axvspan(report.cost_range[0], report.cost_range[1], color="tab:green", alpha=0.06,
                label="AIQ cost range")
-    ax.set_xlabel("Mean cost per prompt (USD)")
-    ax.set_ylabel("Mean quality")
-    ax.set_title(f"{title} (n={report.n_prompts})")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    return _save(fig, path)
+    return _finish(fig, ax, path, "Mean cost per prompt (USD)", "Mean quality", f"{title} (n={report.n_prompts})")
 
 
 def plot_reliability(bins: ReliabilityBins, path: str | Path, ece: float | None = None,
@@ -147,10 +147,5 @@ def plot_cost_quality_points(points: Sequence[dict], path: str | Path,
         ax.annotate(f"alpha={p['training_alpha']:g}", (p["cost_usd_per_query"], p["exact_match"]),
                     textcoords="offset points", xytext=(4, -10), fontsize=7)
     n = sorted({p["n_tasks"] for p in points})
-    ax.set_xlabel("Mean cost per query (USD)")
-    ax.set_ylabel("Exact match")
-    ax.set_title(f"{title} (n={'/'.join(str(k) for k in n)})")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    return _save(fig, path)
+    return _finish(fig, ax, path, "Mean cost per query (USD)", "Exact match",
+                   f"{title} (n={'/'.join(str(k) for k in n)})")

@@ -52,6 +52,7 @@ from routerforge.rl.env import Rollout, RoutingEnv
 from routerforge.rl.generation import GenerationSettings, make_lm_policy, templated_prompt
 from routerforge.rl.reward import CostNormalizer
 from routerforge.rl.tasks import RoutingTask
+from routerforge.train.accelerator_setup import check_launched_world
 from routerforge.train.run_config import CheckpointConfig, OptimConfig, RunConfig, TrackingConfig
 from routerforge.train.tracking import TrackingRun, resolve_wandb_mode
 
@@ -358,10 +359,7 @@ def build_grpo_trainer(policy: str, tokenizer, args, prompts: list[str], rollout
         raise ConfigError("router_r1 GRPO does not support FSDP (its multi-turn generation needs the full "
                           "parameters; TRL gathers them only through private API); use DDP or DeepSpeed "
                           "(algorithm=ppo runs under FSDP2).")
-    launched_world = int(os.environ.get("WORLD_SIZE", "1"))
-    if trainer.accelerator.num_processes != launched_world:
-        raise ConfigError(f"the launcher started {launched_world} processes but the GRPO trainer formed a world of "
-                          f"{trainer.accelerator.num_processes}; launch with launch/accelerate/cpu_2proc.yaml on CPU.")
+    check_launched_world(trainer.accelerator.num_processes, who="the GRPO trainer")
     return trainer
 
 

@@ -44,14 +44,19 @@ def build_accelerator(run: RunConfig, tracking: TrackingConfig, run_dir: Path) -
         project_config=project_config,
         step_scheduler_with_optimizer=False,
     )
-    launched_world = int(os.environ.get("WORLD_SIZE", "1"))
-    if launched_world != accelerator.num_processes:
-        raise ConfigError(
-            f"the launcher started {launched_world} processes but accelerate formed a world of "
-            f"{accelerator.num_processes}; on CPU use `accelerate launch --multi_gpu --num_processes "
-            f"{launched_world}` with ACCELERATE_USE_CPU=true (or launch/accelerate/cpu_2proc.yaml).")
+    check_launched_world(accelerator.num_processes)
     shard_cpu_world_if_asked(accelerator, run.mixed_precision)
     return accelerator
+
+
+def check_launched_world(formed: int, who: str = "accelerate") -> None:
+    """ConfigError unless the world `who` formed has as many processes as the launcher started (WORLD_SIZE)."""
+    launched_world = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched_world != formed:
+        raise ConfigError(
+            f"the launcher started {launched_world} processes but {who} formed a world of {formed}; on CPU use "
+            f"`accelerate launch --multi_gpu --num_processes {launched_world}` with ACCELERATE_USE_CPU=true (or "
+            f"launch/accelerate/cpu_2proc.yaml).")
 
 
 def shard_cpu_world_if_asked(accelerator: Accelerator, mixed_precision: str) -> None:

@@ -101,10 +101,8 @@ def export_router(export_dir: Path, state_dict: dict[str, torch.Tensor], model_c
     """
     export_dir = Path(export_dir)
     export_dir.parent.mkdir(parents=True, exist_ok=True)
-    recover_interrupted_export(export_dir)
+    recover_interrupted_export(export_dir)  # also removes this process's own leftover temporary directory
     tmp = export_dir.with_name(f".tmp-{export_dir.name}-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
     tmp.mkdir()
     try:
         tensors = {name: t.detach().to("cpu").contiguous() for name, t in state_dict.items()}
