@@ -1,0 +1,357 @@
+"""Fit a kNN router: the training prompts' embeddings + every model's scores, k chosen on validation.
+
+    accelerate launch training/train_knn.py --config configs/knn/default.yaml [key=value ...]
+    accelerate launch training/train_knn.py --config configs/knn/default.yaml data.path=data/processed/mine
+    accelerate launch training/train_knn.py --config configs/knn/default.yaml select.strong=gpt-4o select.weak=llama-3-8b
+
+Method (routerforge/models/knn.py): a model's expected score on a prompt is the similarity-weighted mean of
+its scores on the k nearest training prompts, shrunk towards its overall mean when few neighbours were
+scored for it. One router serves every pair of the pool (the pair score is quality[strong] -
+quality[weak], the expected score gained by calling the strong model), and it learns from every model's
+outcomes, not only the routed pair's. Preference pairs (Arena votes, judge labels) add win/loss outcomes
+(1 / 0, tie 0.5) for the prompts where a model has no measured outcome (`data.pairs_as_outcomes`).
+
+Hyperparameters (k, the prior strength α and the weighting) are chosen by a grid search on the
+validation split: each candidate predicts the validation prompts from the training prompts and is scored
+by its mean APGR over every model pair with a quality gap (or over one pair: select.strong / select.weak).
+The exported router then indexes train + validation prompts (`data.refit_on_validation`). Nothing is
+trained by gradient descent, so there are no epochs, step checkpoints or resume: a fit takes seconds.
+
+Reads top to bottom:
+  1. config   2. accelerate, run dir, tracking   3. data (score table, embeddings)
+  4. hyperparameter search on validation   5. export (main process)
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate.utils import broadcast_object_list
+
+from routerforge.config import config_to_dict, doc
+from routerforge.data.dataset_io import PreparedDataset, load_prepared
+from routerforge.errors import DataError
+from routerforge.eval.binary import binary_headline_metrics
+from routerforge.models.knn import WEIGHTINGS, KNNRouter, KNNSettings
+from routerforge.registry.export import register_run_export
+from routerforge.train.accelerator_setup import build_accelerator, world_description
+from routerforge.train.entrypoint import run_recipe
+from routerforge.train.export import build_manifest, export_router
+from routerforge.train.run_config import (
+    ExportConfig,
+    RunConfig,
+    TrackingConfig,
+    export_dir_for,
+    parse_recipe_args,
+    run_dir_for,
+)
+from routerforge.train.tracking import finish_tracking, new_run_id, start_tracking
+
+RECIPE = "knn"
+REPO_DIR = Path(__file__).resolve().parents[1]
+
+
+# ----------------------------------------------------------------------------------------------------
+# 1. Config
+# ----------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class KNNRunConfig:
+    name: str = doc("run name: the run directory is <output_dir>/knn/<name>/ (letters, digits, . _ -)",
+                    default="default")
+    output_dir: str = doc("root directory of all runs and exports (path)", default="checkpoints")
+    progress_bar: bool = doc("show progress on the main process (bool)", default=True)
+
+    def as_run_config(self) -> RunConfig:
+        """The shared run block, for the shared accelerate/run-dir functions (and its name check)."""
+        return RunConfig(name=self.name, output_dir=self.output_dir, progress_bar=self.progress_bar)
+
+    def __post_init__(self) -> None:
+        self.as_run_config()
+
+
+@dataclass(frozen=True)
+class KNNDataConfig:
+    path: str = doc("prepared dataset: a version directory, or its parent holding LATEST (path)",
+                    default="data/processed/demo")
+    train_split: str = doc("split whose prompts and scores form the index", default="train")
+    select_split: str = doc("split the hyperparameters are chosen on; empty string: use the first grid "
+                            "values, no search", default="validation")
+    refit_on_validation: bool = doc("after the search, index the select split's prompts too (more neighbours; "
+                                    "the search already used them as held-out data)", default=True)
+    pairs_as_outcomes: bool = doc("preference pairs add a win (1), loss (0) or tie (0.5) score for a model on "
+                                  "a prompt where it has no measured outcome", default=True)
+    models: list[str] | None = doc("model pool, in this order; null: every model with scores, in the dataset "
+                                   "manifest's order", default=None)
+
+    def __post_init__(self) -> None:
+        if not self.train_split:
+            raise ValueError("data.train_split must name a split")
+        if self.models is not None and (not self.models or len(set(self.models)) != len(self.models)):
+            raise ValueError(f"data.models must be null or a non-empty list without repeats, got {self.models}")
+
+
+@dataclass(frozen=True)
+class KNNSearchConfig:
+    k: list[int] = doc("neighbours per prompt to try (count); the first is used without a select split",
+                       default_factory=lambda: [50, 10, 25, 100, 200])
+    prior_strength: list[float] = doc("α values to try: weight of the model's overall mean, in neighbours",
+                                      default_factory=lambda: [4.0, 0.0, 16.0])
+    weighting: list[str] = doc("neighbour weightings to try: uniform, softmax (w = exp(cosine / temperature))",
+                               default_factory=lambda: ["uniform", "softmax"])
+    temperature: float = doc("softmax weighting's temperature (cosine units)", default=0.05)
+    strong: str | None = doc("score candidates by this pair's validation APGR only (with select.weak); "
+                             "null: mean APGR over every pool pair with a quality gap", default=None)
+    weak: str | None = doc("the weak model of select.strong's pair", default=None)
+    min_pair_prompts: int = doc("a pair counts in the mean APGR when both models scored at least this many "
+                                "validation prompts (prompts)", default=30)
+    min_quality_gap: float = doc("... and their mean scores differ by at least this (score units; when no pair "
+                                 "does, every pair with enough prompts counts)", default=0.02)
+
+    def __post_init__(self) -> None:
+        if not self.k or any(k < 1 for k in self.k):
+            raise ValueError(f"select.k must list neighbour counts >= 1, got {self.k}")
+        if not self.prior_strength or any(a < 0 for a in self.prior_strength):
+            raise ValueError(f"select.prior_strength must list values >= 0, got {self.prior_strength}")
+        bad = [w for w in self.weighting if w not in WEIGHTINGS]
+        if not self.weighting or bad:
+            raise ValueError(f"select.weighting must list {' / '.join(WEIGHTINGS)}, got {self.weighting}")
+        if self.temperature <= 0:
+            raise ValueError(f"select.temperature must be > 0, got {self.temperature}")
+        if (self.strong is None) != (self.weak is None):
+            raise ValueError("select.strong and select.weak go together (or neither)")
+
+
+@dataclass(frozen=True)
+class KNNConfig:
+    run: KNNRunConfig = doc("run name and output dir", default_factory=KNNRunConfig)
+    data: KNNDataConfig = doc("prepared dataset, splits and model pool", default_factory=KNNDataConfig)
+    select: KNNSearchConfig = doc("hyperparameter grid searched on the select split",
+                                  default_factory=KNNSearchConfig)
+    tracking: TrackingConfig = doc("W&B / TensorBoard", default_factory=TrackingConfig)
+    export: ExportConfig = doc("final export", default_factory=ExportConfig)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Data helpers (section 3)
+# ----------------------------------------------------------------------------------------------------
+def score_table(data: PreparedDataset, split: str, pool: list[str], pairs_as_outcomes: bool
+                ) -> tuple[list[str], np.ndarray, dict[str, int]]:
+    """(prompt ids, scores [prompts, models] with NaN where unscored, counts by origin) of one split.
+
+    Measured outcomes win; repeated outcomes of one (prompt, model) are averaged. Pairs fill only cells
+    without a measured outcome, with the mean of the model's results on that prompt (win 1, loss 0, tie 0.5).
+    """
+    column = {m: j for j, m in enumerate(pool)}
+    sums: dict[str, np.ndarray] = {}
+    counts: dict[str, np.ndarray] = {}
+
+    def cell(pid: str) -> tuple[np.ndarray, np.ndarray]:
+        if pid not in sums:
+            sums[pid], counts[pid] = np.zeros(len(pool)), np.zeros(len(pool))
+        return sums[pid], counts[pid]
+
+    outcome_rows = 0
+    if split in data.outcomes and len(data.outcomes[split]):
+        frame = data.outcomes[split].select_columns(["prompt_id", "model", "score"]).to_pandas()
+        frame = frame[frame["model"].isin(column)]
+        grouped = frame.groupby(["prompt_id", "model"])["score"].agg(["sum", "count"]).reset_index()
+        for pid, model, total, n in grouped.itertuples(index=False):
+            s, c = cell(pid)
+            s[column[model]], c[column[model]] = total, n
+        outcome_rows = len(frame)
+    pair_rows = 0
+    if pairs_as_outcomes and split in data.pairs and len(data.pairs[split]):
+        table = data.pairs[split]
+        names = table.features["winner"].names
+        measured = {pid: counts[pid] > 0 for pid in counts}
+        pair_sums: dict[str, np.ndarray] = {}
+        pair_counts: dict[str, np.ndarray] = {}
+        for pid, a, b, w in zip(table["prompt_id"], table["model_a"], table["model_b"], table["winner"], strict=True):
+            if a not in column or b not in column:
+                continue
+            done = measured.get(pid)
+            winner = names[w]
+            result_a = 0.5 if winner.startswith("tie") else (1.0 if winner == "model_a" else 0.0)
+            for model, result in ((a, result_a), (b, 1.0 - result_a)):
+                j = column[model]
+                if done is not None and done[j]:
+                    continue
+                if pid not in pair_sums:
+                    pair_sums[pid], pair_counts[pid] = np.zeros(len(pool)), np.zeros(len(pool))
+                pair_sums[pid][j] += result
+                pair_counts[pid][j] += 1
+                pair_rows += 1
+        for pid in pair_sums:
+            s, c = cell(pid)
+            s += pair_sums[pid]
+            c += pair_counts[pid]
+    prompt_ids = sorted(sums)
+    if not prompt_ids:
+        return [], np.zeros((0, len(pool)), dtype=np.float32), {"outcome_rows": 0, "pair_results": 0}
+    total = np.stack([sums[p] for p in prompt_ids])
+    n = np.stack([counts[p] for p in prompt_ids])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        scores = np.where(n > 0, total / np.where(n > 0, n, 1), np.nan).astype(np.float32)
+    return prompt_ids, scores, {"outcome_rows": outcome_rows, "pair_results": pair_rows}
+
+
+def pool_of(data: PreparedDataset, cfg: KNNConfig) -> list[str]:
+    scored = {m for split in data.outcomes for m in data.outcomes[split].unique("model")}
+    if cfg.data.pairs_as_outcomes:
+        for split in data.pairs:
+            scored |= set(data.pairs[split].unique("model_a")) | set(data.pairs[split].unique("model_b"))
+    if cfg.data.models is not None:
+        unknown = [m for m in cfg.data.models if m not in scored]
+        if unknown:
+            raise DataError(f"data.models: {unknown} have no scores in {data.path} (scored models: "
+                            f"{', '.join(sorted(scored))}); fix the names.")
+        return list(cfg.data.models)
+    pool = [m for m in data.models if m in scored]
+    return pool + sorted(scored - set(pool))
+
+
+def selection_pairs(scores: np.ndarray, pool: list[str], cfg: KNNSearchConfig) -> list[tuple[int, int]]:
+    """(strong, weak) column pairs the search scores: select.strong/weak, or every pair with a gap."""
+    if cfg.strong is not None:
+        missing = [m for m in (cfg.strong, cfg.weak) if m not in pool]
+        if missing:
+            raise DataError(f"select.strong / select.weak: {missing} not in the pool ({', '.join(pool)}).")
+        return [(pool.index(cfg.strong), pool.index(cfg.weak))]
+    observed = ~np.isnan(scores)
+    means = np.nanmean(np.where(observed, scores, np.nan), axis=0)
+    scored, gapped = [], []
+    for i, j in itertools.combinations(range(len(pool)), 2):
+        if (observed[:, i] & observed[:, j]).sum() < cfg.min_pair_prompts:
+            continue
+        pair = (i, j) if means[i] >= means[j] else (j, i)
+        scored.append(pair)
+        if abs(means[i] - means[j]) >= cfg.min_quality_gap:
+            gapped.append(pair)
+    return gapped or scored  # two models of equal mean quality still have per-prompt gains to route on
+
+
+def mean_pair_apgr(predicted: np.ndarray, truth: np.ndarray, pairs: list[tuple[int, int]]) -> float:
+    values = []
+    for s, w in pairs:
+        both = ~np.isnan(truth[:, s]) & ~np.isnan(truth[:, w])
+        m = binary_headline_metrics(predicted[both, s] - predicted[both, w], truth[both, w], truth[both, s])
+        if np.isfinite(m["apgr"]):
+            values.append(m["apgr"])
+    return float(np.mean(values)) if values else float("nan")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    cfg = parse_recipe_args(KNNConfig, argv, description=__doc__.splitlines()[0])
+
+    # ------------------------------------------------------------------------------------------------
+    # 2. accelerate, run directory, tracking (the fit is deterministic: every process computes the same)
+    # ------------------------------------------------------------------------------------------------
+    run = cfg.run.as_run_config()
+    run_dir = run_dir_for(run, RECIPE)
+    accelerator = build_accelerator(run, cfg.tracking, run_dir)
+    run_id_box = [new_run_id()]
+    broadcast_object_list(run_id_box)
+    resolved_config = config_to_dict(cfg)
+    tracking = start_tracking(accelerator, cfg.tracking, run_dir, cfg.run.name, run_id_box[0], resolved_config)
+
+    # ------------------------------------------------------------------------------------------------
+    # 3. Data: a prompt x model score table per split, and the prompts' embeddings
+    # ------------------------------------------------------------------------------------------------
+    data = load_prepared(cfg.data.path)
+    for split in (cfg.data.train_split, cfg.data.select_split):
+        if split and split not in data.prompts:
+            raise DataError(f"{data.path}: no split '{split}' (has {', '.join(data.prompts)}); set "
+                            f"data.train_split / data.select_split.")
+    pool = pool_of(data, cfg)
+    if len(pool) < 2:
+        raise DataError(f"{data.path}: {len(pool)} scored model(s) ({', '.join(pool) or 'none'}); routing needs "
+                        f"at least 2. Add an outcome source (or preference pairs) to the data config.")
+    embedding_of = data.embedding_index()
+    train_ids, train_scores, train_counts = score_table(data, cfg.data.train_split, pool, cfg.data.pairs_as_outcomes)
+    if not train_ids:
+        raise DataError(f"{data.path}: split '{cfg.data.train_split}' has no scored prompt for the pool.")
+    unscored = [pool[j] for j in np.flatnonzero(np.isnan(train_scores).all(axis=0))]
+    if unscored:
+        raise DataError(f"{data.path}: {', '.join(unscored)} have no score in split '{cfg.data.train_split}'; drop "
+                        f"them with data.models or add their outcomes.")
+    train_router = KNNRouter(np.stack([embedding_of[p] for p in train_ids]), train_scores)
+
+    # ------------------------------------------------------------------------------------------------
+    # 4. Hyperparameters: grid search on the select split (predicted from the train split's index)
+    # ------------------------------------------------------------------------------------------------
+    grid = [KNNSettings(k, alpha, weighting, cfg.select.temperature)
+            for k, alpha, weighting in itertools.product(cfg.select.k, cfg.select.prior_strength, cfg.select.weighting)]
+    search: list[dict] = []
+    best = grid[0]
+    select_ids, select_scores = [], np.zeros((0, len(pool)))
+    if cfg.data.select_split:
+        select_ids, select_scores, _ = score_table(data, cfg.data.select_split, pool, pairs_as_outcomes=False)
+    pairs = selection_pairs(select_scores, pool, cfg.select) if len(select_ids) else []
+    if pairs:
+        sims, idx = train_router.neighbours(np.stack([embedding_of[p] for p in select_ids]), max(cfg.select.k))
+        for settings in grid:
+            value = mean_pair_apgr(train_router.predict_from_neighbours(sims, idx, settings), select_scores, pairs)
+            search.append({"k": settings.k, "prior_strength": settings.prior_strength,
+                           "weighting": settings.weighting, "mean_pair_apgr": value})
+        finite = [(row["mean_pair_apgr"], -i) for i, row in enumerate(search) if np.isfinite(row["mean_pair_apgr"])]
+        if finite:
+            best = grid[-max(finite)[1]]
+        accelerator.print(f"[knn] searched {len(grid)} settings on {len(select_ids)} '{cfg.data.select_split}' "
+                          f"prompts x {len(pairs)} pair(s): k={best.k}, prior_strength={best.prior_strength}, "
+                          f"weighting={best.weighting} (mean validation APGR {max(finite)[0]:.3f})"
+                          if finite else "[knn] no finite validation APGR; using the first grid values")
+    else:
+        accelerator.print(f"[knn] no model pair with >= {cfg.select.min_pair_prompts} scored "
+                          f"'{cfg.data.select_split or '(none)'}' prompts and a quality gap: no search, using "
+                          f"k={best.k}, prior_strength={best.prior_strength}, weighting={best.weighting}.")
+    index_ids, index_scores = train_ids, train_scores
+    if cfg.data.refit_on_validation and len(select_ids):
+        full_ids, full_scores, _ = score_table(data, cfg.data.select_split, pool, cfg.data.pairs_as_outcomes)
+        index_ids = train_ids + full_ids
+        index_scores = np.concatenate([train_scores, full_scores])
+    router = KNNRouter(np.stack([embedding_of[p] for p in index_ids]), index_scores)
+    best_value = max((row["mean_pair_apgr"] for row in search if row["k"] == best.k
+                      and row["prior_strength"] == best.prior_strength and row["weighting"] == best.weighting),
+                     default=None)
+
+    # ------------------------------------------------------------------------------------------------
+    # 5. Export (main process only)
+    # ------------------------------------------------------------------------------------------------
+    export_dir = export_dir_for(run, cfg.export, RECIPE)
+    metrics = {f"{cfg.data.select_split}_mean_pair_apgr": best_value} if best_value is not None else {}
+    result = {"export_dir": str(export_dir), "run_dir": str(run_dir), "tracking": tracking.to_dict(),
+              "model_pool": pool, "settings": best.__dict__, "metrics": metrics}
+    if accelerator.is_main_process:
+        accelerator.log({f"select/{k}": v for k, v in metrics.items()}, step=0)
+        model_config = {"router_type": RECIPE, "model_pool": pool, "k": best.k,
+                        "prior_strength": best.prior_strength, "weighting": best.weighting,
+                        "temperature": best.temperature, "prompt_embedding_dim": router.prompt_embedding_dim,
+                        "indexed_prompts": len(index_ids), "encoder": data.encoder,
+                        "quality": "expected score in the data's units (neighbour mean, shrunk to the model's mean)"}
+        manifest = build_manifest(
+            recipe=RECIPE, router_type=RECIPE, resolved_config=resolved_config, model_pool=pool,
+            encoder=data.encoder, repo_dir=REPO_DIR, tracking=tracking.to_dict(),
+            data={"path": str(data.path), "name": data.manifest.get("name"), "version": data.manifest.get("version"),
+                  "fingerprint": data.fingerprint, "indexed_prompts": len(index_ids),
+                  "train_prompts": len(train_ids), "select_prompts": len(select_ids), **train_counts},
+            training={**world_description(accelerator), "search": search, "selection_pairs": len(pairs),
+                      "chosen": best.__dict__, "train_samples": int((~np.isnan(index_scores)).sum())},
+            metrics=metrics,
+        )
+        export_router(export_dir, {key: torch.from_numpy(np.ascontiguousarray(value))
+                                   for key, value in router.state_dict().items()}, model_config, manifest)
+        registered = register_run_export(cfg.export, export_dir, run.output_dir)
+        if registered is not None:
+            print(f"registered checkpoint: {registered}")
+        print(f"checkpoint: {export_dir}")
+        print(tracking.describe(), flush=True)
+    finish_tracking(accelerator)
+    return result
+
+
+if __name__ == "__main__":
+    run_recipe(main)
