@@ -306,7 +306,7 @@ def metrics_with_ci(scores: np.ndarray, weak: np.ndarray, strong: np.ndarray, se
     for key, point in (("apgr", report.router.apgr), ("cpt50", report.router.cpt50_share),
                        ("cpt80", report.router.cpt80_share)):
         ci = report.intervals.get(key if key == "apgr" else f"{key}_share")
-        out[key] = {"value": float(point), "low": float(ci.low) if ci else None, "high": float(ci.high) if ci else None}
+        out[key] = {"value": float(point), "low": float(ci.lo) if ci else None, "high": float(ci.hi) if ci else None}
     return out
 
 
