@@ -11,15 +11,16 @@ quality[weak], the expected score gained by calling the strong model), and it le
 outcomes, not only the routed pair's. Preference pairs (Arena votes, judge labels) add win/loss outcomes
 (1 / 0, tie 0.5) for the prompts where a model has no measured outcome (`data.pairs_as_outcomes`).
 
-Hyperparameters (k, the prior strength α and the weighting) are chosen by a grid search on the
-validation split: each candidate predicts the validation prompts from the training prompts and is scored
-by its mean APGR over every model pair with a quality gap (or over one pair: select.strong / select.weak).
-The exported router then indexes train + validation prompts (`data.refit_on_validation`). Nothing is
-trained by gradient descent, so there are no epochs, step checkpoints or resume: a fit takes seconds.
+Hyperparameters (k, the prior strength α and the weighting) are chosen by a grid search, leave-one-out:
+every indexed prompt (train + validation by default) is predicted from the others, and each candidate is
+scored by its mean APGR over every model pair with a quality gap (or over one pair: select.strong /
+select.weak). Leave-one-out is free for a kNN router and scores thousands of held-out predictions instead
+of a validation split's few hundred, so the choice is far less noisy. Nothing is trained by gradient
+descent, so there are no epochs, step checkpoints or resume: a fit takes seconds.
 
 Reads top to bottom:
   1. config   2. accelerate, run dir, tracking   3. data (score table, embeddings)
-  4. hyperparameter search on validation   5. export (main process)
+  4. hyperparameter search (leave-one-out)   5. export (main process)
 """
 
 from __future__ import annotations
@@ -77,26 +78,25 @@ class KNNRunConfig:
 class KNNDataConfig:
     path: str = doc("prepared dataset: a version directory, or its parent holding LATEST (path)",
                     default="data/processed/demo")
-    train_split: str = doc("split whose prompts and scores form the index", default="train")
-    select_split: str = doc("split the hyperparameters are chosen on; empty string: use the first grid "
-                            "values, no search", default="validation")
-    refit_on_validation: bool = doc("after the search, index the select split's prompts too (more neighbours; "
-                                    "the search already used them as held-out data)", default=True)
+    index_splits: list[str] = doc("splits whose prompts and scores form the index (and the leave-one-out "
+                                  "search)", default_factory=lambda: ["train", "validation"])
     pairs_as_outcomes: bool = doc("preference pairs add a win (1), loss (0) or tie (0.5) score for a model on "
                                   "a prompt where it has no measured outcome", default=True)
     models: list[str] | None = doc("model pool, in this order; null: every model with scores, in the dataset "
                                    "manifest's order", default=None)
 
     def __post_init__(self) -> None:
-        if not self.train_split:
-            raise ValueError("data.train_split must name a split")
+        if not self.index_splits or len(set(self.index_splits)) != len(self.index_splits):
+            raise ValueError(f"data.index_splits must list distinct splits, got {self.index_splits}")
         if self.models is not None and (not self.models or len(set(self.models)) != len(self.models)):
             raise ValueError(f"data.models must be null or a non-empty list without repeats, got {self.models}")
 
 
 @dataclass(frozen=True)
 class KNNSearchConfig:
-    k: list[int] = doc("neighbours per prompt to try (count); the first is used without a select split",
+    search: bool = doc("choose k / prior_strength / weighting by leave-one-out over the index; false: the first "
+                       "value of each list", default=True)
+    k: list[int] = doc("neighbours per prompt to try (count); the first is used without a search",
                        default_factory=lambda: [50, 10, 25, 100, 200])
     prior_strength: list[float] = doc("α values to try: weight of the model's overall mean, in neighbours",
                                       default_factory=lambda: [4.0, 0.0, 16.0])
@@ -107,7 +107,7 @@ class KNNSearchConfig:
                              "null: mean APGR over every pool pair with a quality gap", default=None)
     weak: str | None = doc("the weak model of select.strong's pair", default=None)
     min_pair_prompts: int = doc("a pair counts in the mean APGR when both models scored at least this many "
-                                "validation prompts (prompts)", default=30)
+                                "indexed prompts (prompts)", default=30)
     min_quality_gap: float = doc("... and their mean scores differ by at least this (score units; when no pair "
                                  "does, every pair with enough prompts counts)", default=0.02)
 
@@ -262,58 +262,58 @@ def main(argv: list[str] | None = None) -> dict:
     # 3. Data: a prompt x model score table per split, and the prompts' embeddings
     # ------------------------------------------------------------------------------------------------
     data = load_prepared(cfg.data.path)
-    for split in (cfg.data.train_split, cfg.data.select_split):
-        if split and split not in data.prompts:
-            raise DataError(f"{data.path}: no split '{split}' (has {', '.join(data.prompts)}); set "
-                            f"data.train_split / data.select_split.")
+    missing = [split for split in cfg.data.index_splits if split not in data.prompts]
+    if missing:
+        raise DataError(f"{data.path}: no split {', '.join(missing)} (has {', '.join(data.prompts)}); set "
+                        f"data.index_splits.")
     pool = pool_of(data, cfg)
     if len(pool) < 2:
         raise DataError(f"{data.path}: {len(pool)} scored model(s) ({', '.join(pool) or 'none'}); routing needs "
                         f"at least 2. Add an outcome source (or preference pairs) to the data config.")
     embedding_of = data.embedding_index()
-    train_ids, train_scores, train_counts = score_table(data, cfg.data.train_split, pool, cfg.data.pairs_as_outcomes)
-    if not train_ids:
-        raise DataError(f"{data.path}: split '{cfg.data.train_split}' has no scored prompt for the pool.")
-    unscored = [pool[j] for j in np.flatnonzero(np.isnan(train_scores).all(axis=0))]
+    index_ids: list[str] = []
+    tables, counts = [], {"outcome_rows": 0, "pair_results": 0}
+    for split in cfg.data.index_splits:
+        ids, scores, split_counts = score_table(data, split, pool, cfg.data.pairs_as_outcomes)
+        index_ids += ids
+        tables.append(scores)
+        counts = {key: counts[key] + split_counts[key] for key in counts}
+    if not index_ids:
+        raise DataError(f"{data.path}: splits {', '.join(cfg.data.index_splits)} have no scored prompt for the pool.")
+    index_scores = np.concatenate(tables)
+    unscored = [pool[j] for j in np.flatnonzero(np.isnan(index_scores).all(axis=0))]
     if unscored:
-        raise DataError(f"{data.path}: {', '.join(unscored)} have no score in split '{cfg.data.train_split}'; drop "
-                        f"them with data.models or add their outcomes.")
-    train_router = KNNRouter(np.stack([embedding_of[p] for p in train_ids]), train_scores)
+        raise DataError(f"{data.path}: {', '.join(unscored)} have no score in {', '.join(cfg.data.index_splits)}; "
+                        f"drop them with data.models or add their outcomes.")
 
     # ------------------------------------------------------------------------------------------------
-    # 4. Hyperparameters: grid search on the select split (predicted from the train split's index)
+    # 4. Hyperparameters: grid search, leave-one-out over every indexed prompt: a kNN router predicts
+    #    each indexed prompt from the others for free, so the search scores thousands of held-out
+    #    predictions instead of the few hundred prompts of a validation split.
     # ------------------------------------------------------------------------------------------------
+    router = KNNRouter(np.stack([embedding_of[p] for p in index_ids]), index_scores)
     grid = [KNNSettings(k, alpha, weighting, cfg.select.temperature)
             for k, alpha, weighting in itertools.product(cfg.select.k, cfg.select.prior_strength, cfg.select.weighting)]
     search: list[dict] = []
     best = grid[0]
-    select_ids, select_scores = [], np.zeros((0, len(pool)))
-    if cfg.data.select_split:
-        select_ids, select_scores, _ = score_table(data, cfg.data.select_split, pool, pairs_as_outcomes=False)
-    pairs = selection_pairs(select_scores, pool, cfg.select) if len(select_ids) else []
-    if pairs:
-        sims, idx = train_router.neighbours(np.stack([embedding_of[p] for p in select_ids]), max(cfg.select.k))
+    pairs = selection_pairs(index_scores, pool, cfg.select)
+    if pairs and cfg.select.search:
+        sims, idx = router.neighbours(router.embeddings, max(cfg.select.k), exclude_self=True)
         for settings in grid:
-            value = mean_pair_apgr(train_router.predict_from_neighbours(sims, idx, settings), select_scores, pairs)
+            value = mean_pair_apgr(router.predict_from_neighbours(sims, idx, settings), index_scores, pairs)
             search.append({"k": settings.k, "prior_strength": settings.prior_strength,
                            "weighting": settings.weighting, "mean_pair_apgr": value})
         finite = [(row["mean_pair_apgr"], -i) for i, row in enumerate(search) if np.isfinite(row["mean_pair_apgr"])]
         if finite:
             best = grid[-max(finite)[1]]
-        accelerator.print(f"[knn] searched {len(grid)} settings on {len(select_ids)} '{cfg.data.select_split}' "
-                          f"prompts x {len(pairs)} pair(s): k={best.k}, prior_strength={best.prior_strength}, "
-                          f"weighting={best.weighting} (mean validation APGR {max(finite)[0]:.3f})"
-                          if finite else "[knn] no finite validation APGR; using the first grid values")
+        accelerator.print(f"[knn] searched {len(grid)} settings, leave-one-out on {len(index_ids)} prompts x "
+                          f"{len(pairs)} pair(s): k={best.k}, prior_strength={best.prior_strength}, "
+                          f"weighting={best.weighting} (mean APGR {max(finite)[0]:.3f})"
+                          if finite else "[knn] no finite leave-one-out APGR; using the first grid values")
     else:
-        accelerator.print(f"[knn] no model pair with >= {cfg.select.min_pair_prompts} scored "
-                          f"'{cfg.data.select_split or '(none)'}' prompts and a quality gap: no search, using "
-                          f"k={best.k}, prior_strength={best.prior_strength}, weighting={best.weighting}.")
-    index_ids, index_scores = train_ids, train_scores
-    if cfg.data.refit_on_validation and len(select_ids):
-        full_ids, full_scores, _ = score_table(data, cfg.data.select_split, pool, cfg.data.pairs_as_outcomes)
-        index_ids = train_ids + full_ids
-        index_scores = np.concatenate([train_scores, full_scores])
-    router = KNNRouter(np.stack([embedding_of[p] for p in index_ids]), index_scores)
+        accelerator.print(f"[knn] no search (select.search=false, or no model pair with >= "
+                          f"{cfg.select.min_pair_prompts} scored prompts): k={best.k}, "
+                          f"prior_strength={best.prior_strength}, weighting={best.weighting}.")
     best_value = max((row["mean_pair_apgr"] for row in search if row["k"] == best.k
                       and row["prior_strength"] == best.prior_strength and row["weighting"] == best.weighting),
                      default=None)
@@ -322,7 +322,7 @@ def main(argv: list[str] | None = None) -> dict:
     # 5. Export (main process only)
     # ------------------------------------------------------------------------------------------------
     export_dir = export_dir_for(run, cfg.export, RECIPE)
-    metrics = {f"{cfg.data.select_split}_mean_pair_apgr": best_value} if best_value is not None else {}
+    metrics = {"leave_one_out_mean_pair_apgr": best_value} if best_value is not None else {}
     result = {"export_dir": str(export_dir), "run_dir": str(run_dir), "tracking": tracking.to_dict(),
               "model_pool": pool, "settings": best.__dict__, "metrics": metrics}
     if accelerator.is_main_process:
@@ -337,7 +337,7 @@ def main(argv: list[str] | None = None) -> dict:
             encoder=data.encoder, repo_dir=REPO_DIR, tracking=tracking.to_dict(),
             data={"path": str(data.path), "name": data.manifest.get("name"), "version": data.manifest.get("version"),
                   "fingerprint": data.fingerprint, "indexed_prompts": len(index_ids),
-                  "train_prompts": len(train_ids), "select_prompts": len(select_ids), **train_counts},
+                  "index_splits": list(cfg.data.index_splits), **counts},
             training={**world_description(accelerator), "search": search, "selection_pairs": len(pairs),
                       "chosen": best.__dict__, "train_samples": int((~np.isnan(index_scores)).sum())},
             metrics=metrics,
