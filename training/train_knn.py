@@ -34,9 +34,8 @@ import torch
 from accelerate.utils import broadcast_object_list
 
 from routerforge.config import config_to_dict, doc
-from routerforge.data.dataset_io import PreparedDataset, load_prepared
+from routerforge.data.dataset_io import load_prepared
 from routerforge.errors import DataError
-from routerforge.eval.binary import binary_headline_metrics
 from routerforge.models.knn import WEIGHTINGS, KNNRouter, KNNSettings
 from routerforge.registry.export import register_run_export
 from routerforge.train.accelerator_setup import build_accelerator, world_description
@@ -50,6 +49,7 @@ from routerforge.train.run_config import (
     parse_recipe_args,
     run_dir_for,
 )
+from routerforge.train.score_tables import mean_pair_apgr, pool_of, scores_over_splits, selection_pairs
 from routerforge.train.tracking import finish_tracking, new_run_id, start_tracking
 
 RECIPE = "knn"
@@ -135,115 +135,6 @@ class KNNConfig:
     export: ExportConfig = doc("final export", default_factory=ExportConfig)
 
 
-# ----------------------------------------------------------------------------------------------------
-# Data helpers (section 3)
-# ----------------------------------------------------------------------------------------------------
-def score_table(data: PreparedDataset, split: str, pool: list[str], pairs_as_outcomes: bool
-                ) -> tuple[list[str], np.ndarray, dict[str, int]]:
-    """(prompt ids, scores [prompts, models] with NaN where unscored, counts by origin) of one split.
-
-    Measured outcomes win; repeated outcomes of one (prompt, model) are averaged. Pairs fill only cells
-    without a measured outcome, with the mean of the model's results on that prompt (win 1, loss 0, tie 0.5).
-    """
-    column = {m: j for j, m in enumerate(pool)}
-    sums: dict[str, np.ndarray] = {}
-    counts: dict[str, np.ndarray] = {}
-
-    def cell(pid: str) -> tuple[np.ndarray, np.ndarray]:
-        if pid not in sums:
-            sums[pid], counts[pid] = np.zeros(len(pool)), np.zeros(len(pool))
-        return sums[pid], counts[pid]
-
-    outcome_rows = 0
-    if split in data.outcomes and len(data.outcomes[split]):
-        frame = data.outcomes[split].select_columns(["prompt_id", "model", "score"]).to_pandas()
-        frame = frame[frame["model"].isin(column)]
-        grouped = frame.groupby(["prompt_id", "model"])["score"].agg(["sum", "count"]).reset_index()
-        for pid, model, total, n in grouped.itertuples(index=False):
-            s, c = cell(pid)
-            s[column[model]], c[column[model]] = total, n
-        outcome_rows = len(frame)
-    pair_rows = 0
-    if pairs_as_outcomes and split in data.pairs and len(data.pairs[split]):
-        table = data.pairs[split]
-        names = table.features["winner"].names
-        measured = {pid: counts[pid] > 0 for pid in counts}
-        pair_sums: dict[str, np.ndarray] = {}
-        pair_counts: dict[str, np.ndarray] = {}
-        for pid, a, b, w in zip(table["prompt_id"], table["model_a"], table["model_b"], table["winner"], strict=True):
-            if a not in column or b not in column:
-                continue
-            done = measured.get(pid)
-            winner = names[w]
-            result_a = 0.5 if winner.startswith("tie") else (1.0 if winner == "model_a" else 0.0)
-            for model, result in ((a, result_a), (b, 1.0 - result_a)):
-                j = column[model]
-                if done is not None and done[j]:
-                    continue
-                if pid not in pair_sums:
-                    pair_sums[pid], pair_counts[pid] = np.zeros(len(pool)), np.zeros(len(pool))
-                pair_sums[pid][j] += result
-                pair_counts[pid][j] += 1
-                pair_rows += 1
-        for pid in pair_sums:
-            s, c = cell(pid)
-            s += pair_sums[pid]
-            c += pair_counts[pid]
-    prompt_ids = sorted(sums)
-    if not prompt_ids:
-        return [], np.zeros((0, len(pool)), dtype=np.float32), {"outcome_rows": 0, "pair_results": 0}
-    total = np.stack([sums[p] for p in prompt_ids])
-    n = np.stack([counts[p] for p in prompt_ids])
-    with np.errstate(invalid="ignore", divide="ignore"):
-        scores = np.where(n > 0, total / np.where(n > 0, n, 1), np.nan).astype(np.float32)
-    return prompt_ids, scores, {"outcome_rows": outcome_rows, "pair_results": pair_rows}
-
-
-def pool_of(data: PreparedDataset, cfg: KNNConfig) -> list[str]:
-    scored = {m for split in data.outcomes for m in data.outcomes[split].unique("model")}
-    if cfg.data.pairs_as_outcomes:
-        for split in data.pairs:
-            scored |= set(data.pairs[split].unique("model_a")) | set(data.pairs[split].unique("model_b"))
-    if cfg.data.models is not None:
-        unknown = [m for m in cfg.data.models if m not in scored]
-        if unknown:
-            raise DataError(f"data.models: {unknown} have no scores in {data.path} (scored models: "
-                            f"{', '.join(sorted(scored))}); fix the names.")
-        return list(cfg.data.models)
-    pool = [m for m in data.models if m in scored]
-    return pool + sorted(scored - set(pool))
-
-
-def selection_pairs(scores: np.ndarray, pool: list[str], cfg: KNNSearchConfig) -> list[tuple[int, int]]:
-    """(strong, weak) column pairs the search scores: select.strong/weak, or every pair with a gap."""
-    if cfg.strong is not None:
-        missing = [m for m in (cfg.strong, cfg.weak) if m not in pool]
-        if missing:
-            raise DataError(f"select.strong / select.weak: {missing} not in the pool ({', '.join(pool)}).")
-        return [(pool.index(cfg.strong), pool.index(cfg.weak))]
-    observed = ~np.isnan(scores)
-    means = np.nanmean(np.where(observed, scores, np.nan), axis=0)
-    scored, gapped = [], []
-    for i, j in itertools.combinations(range(len(pool)), 2):
-        if (observed[:, i] & observed[:, j]).sum() < cfg.min_pair_prompts:
-            continue
-        pair = (i, j) if means[i] >= means[j] else (j, i)
-        scored.append(pair)
-        if abs(means[i] - means[j]) >= cfg.min_quality_gap:
-            gapped.append(pair)
-    return gapped or scored  # two models of equal mean quality still have per-prompt gains to route on
-
-
-def mean_pair_apgr(predicted: np.ndarray, truth: np.ndarray, pairs: list[tuple[int, int]]) -> float:
-    values = []
-    for s, w in pairs:
-        both = ~np.isnan(truth[:, s]) & ~np.isnan(truth[:, w])
-        m = binary_headline_metrics(predicted[both, s] - predicted[both, w], truth[both, w], truth[both, s])
-        if np.isfinite(m["apgr"]):
-            values.append(m["apgr"])
-    return float(np.mean(values)) if values else float("nan")
-
-
 def main(argv: list[str] | None = None) -> dict:
     cfg = parse_recipe_args(KNNConfig, argv, description=__doc__.splitlines()[0])
 
@@ -266,25 +157,13 @@ def main(argv: list[str] | None = None) -> dict:
     if missing:
         raise DataError(f"{data.path}: no split {', '.join(missing)} (has {', '.join(data.prompts)}); set "
                         f"data.index_splits.")
-    pool = pool_of(data, cfg)
+    pool = pool_of(data, cfg.data.models, cfg.data.pairs_as_outcomes)
     if len(pool) < 2:
         raise DataError(f"{data.path}: {len(pool)} scored model(s) ({', '.join(pool) or 'none'}); routing needs "
                         f"at least 2. Add an outcome source (or preference pairs) to the data config.")
     embedding_of = data.embedding_index()
-    index_ids: list[str] = []
-    tables, counts = [], {"outcome_rows": 0, "pair_results": 0}
-    for split in cfg.data.index_splits:
-        ids, scores, split_counts = score_table(data, split, pool, cfg.data.pairs_as_outcomes)
-        index_ids += ids
-        tables.append(scores)
-        counts = {key: counts[key] + split_counts[key] for key in counts}
-    if not index_ids:
-        raise DataError(f"{data.path}: splits {', '.join(cfg.data.index_splits)} have no scored prompt for the pool.")
-    index_scores = np.concatenate(tables)
-    unscored = [pool[j] for j in np.flatnonzero(np.isnan(index_scores).all(axis=0))]
-    if unscored:
-        raise DataError(f"{data.path}: {', '.join(unscored)} have no score in {', '.join(cfg.data.index_splits)}; "
-                        f"drop them with data.models or add their outcomes.")
+    index_ids, index_scores, counts = scores_over_splits(data, list(cfg.data.index_splits), pool,
+                                                         cfg.data.pairs_as_outcomes)
 
     # ------------------------------------------------------------------------------------------------
     # 4. Hyperparameters: grid search, leave-one-out over every indexed prompt: a kNN router predicts
@@ -296,7 +175,8 @@ def main(argv: list[str] | None = None) -> dict:
             for k, alpha, weighting in itertools.product(cfg.select.k, cfg.select.prior_strength, cfg.select.weighting)]
     search: list[dict] = []
     best = grid[0]
-    pairs = selection_pairs(index_scores, pool, cfg.select)
+    pairs = selection_pairs(index_scores, pool, cfg.select.strong, cfg.select.weak, cfg.select.min_pair_prompts,
+                            cfg.select.min_quality_gap)
     if pairs and cfg.select.search:
         sims, idx = router.neighbours(router.embeddings, max(cfg.select.k), exclude_self=True)
         for settings in grid:
