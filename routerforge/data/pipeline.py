@@ -35,6 +35,7 @@ from pathlib import Path
 
 import datasets
 import numpy as np
+import pyarrow.compute as pc
 from datasets import Dataset, DatasetDict, concatenate_datasets
 from datasets.arrow_writer import ArrowWriter
 
@@ -51,7 +52,7 @@ from routerforge.data.dataset_io import (
     write_dataset_dir,
 )
 from routerforge.data.readers import read_source
-from routerforge.data.readers._io import expand_paths
+from routerforge.data.readers._io import expand_paths, open_bytes
 from routerforge.data.records import (
     JUDGE_SCORE_FEATURES,
     OUTCOME_FEATURES,
@@ -158,6 +159,18 @@ def _read_arrow(path: Path) -> Dataset:
     return Dataset.from_file(str(path))
 
 
+def _sorted_by_prompt(ds: Dataset) -> Dataset:
+    """`ds` in prompt_id order (a stable sort: rows of one prompt keep their read order).
+
+    Not `Dataset.sort`: datasets 5.2 passes `null_placement` to pyarrow's sort as a whole-sort option,
+    which pyarrow >= 25 deprecates with a FutureWarning on every prep run; pyarrow wants it per sort
+    key, as here. The order is the same (prompt_id is never null). The sorted view stays in memory
+    (8 bytes of index per row) instead of an indices cache file beside the stage's Arrow file.
+    """
+    order = pc.sort_indices(ds.data.table.select(["prompt_id"]), sort_keys=[("prompt_id", "ascending", "at_end")])
+    return ds.select(order, keep_in_memory=True)
+
+
 def _iter_rows(ds: Dataset, batch_size: int = 10_000) -> Iterator[dict]:
     """Rows as dicts with ClassLabel values decoded back to names (for re-encoding by ArrowWriter)."""
     winner_names = ds.features["winner"].names if "winner" in ds.features else None
@@ -180,7 +193,7 @@ def _write_jsonl(path: Path, rows: Iterable[dict]) -> int:
 
 
 def _read_jsonl(path: Path) -> list[dict]:
-    with open(path, encoding="utf-8") as fh:
+    with open_bytes(path) as fh:  # extra evaluation files may be gzipped
         return [json.loads(line) for line in fh if line.strip()]
 
 
@@ -283,7 +296,7 @@ def stage_convert(run: PrepRun) -> None:
             pair_parts.append(path)
             continue
 
-        ds = ds.sort("prompt_id")
+        ds = _sorted_by_prompt(ds)
         groups = _route_holdout(run, src, produces, ds, eval_rows)
         if src.role == "eval":
             for _ in groups:
@@ -397,19 +410,20 @@ def stage_decontaminate(run: PrepRun) -> None:
                        "prompt": train_prompts[pid][:200], "eval_prompt": eval_prompts[match][1][:200]})
     _write_jsonl(out / "decontamination.jsonl", report)
 
-    def keep(ds: Dataset, dest: Path, features) -> None:
+    def keep(ds: Dataset, dest: Path, features, stage: str) -> None:
         def rows() -> Iterator[dict]:
             for row in _iter_rows(ds):
                 reason = removed.get(row["prompt_id"])
                 if reason:
-                    run.ledger.count(row["source"], "decontaminate", dropped={reason: 1})
+                    run.ledger.count(row["source"], stage, dropped={reason: 1})
                 else:
-                    run.ledger.count(row["source"], "decontaminate", kept=1)
+                    run.ledger.count(row["source"], stage, kept=1)
                     yield row
         _write_arrow(dest, features, rows())
 
-    keep(pairs, out / "pairs.arrow", PAIR_FEATURES)
-    keep(outcomes, out / "outcomes.arrow", OUTCOME_FEATURES)
+    # Pairs and outcome rows are counted apart: an outcome source has both, and one sum would mix units.
+    keep(pairs, out / "pairs.arrow", PAIR_FEATURES, "decontaminate_pairs")
+    keep(outcomes, out / "outcomes.arrow", OUTCOME_FEATURES, "decontaminate_outcomes")
     kept_ids = [i for i in train_ids if i not in removed]
     rows_kept = np.asarray([k for k, i in enumerate(train_ids) if i not in removed], dtype=np.int64)
     np.save(out / "prompt_embeddings.npy", train_emb[rows_kept] if len(rows_kept) else train_emb[:0])

@@ -57,7 +57,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from routerforge.data.config import SourceConfig
-from routerforge.data.readers._io import expand_paths, iter_jsonl
+from routerforge.data.readers._io import expand_paths, iter_jsonl, open_bytes
 from routerforge.data.records import make_judge_score, make_pair
 from routerforge.data.report import Ledger
 from routerforge.errors import DataError
@@ -98,7 +98,7 @@ def load_questions(path_str: str, source: str) -> dict[str, str]:
         raise DataError(f"source '{source}': questions_path '{path}' is not a file; point it at the "
                         f"FastChat question.jsonl of the judged benchmark.")
     questions: dict[str, str] = {}
-    with open(path, "rb") as fh:
+    with open_bytes(path) as fh:
         for line_no, raw in enumerate(fh, start=1):
             if not raw.strip():
                 continue
