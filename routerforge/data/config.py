@@ -17,6 +17,7 @@ SOURCE_KINDS = {
     "arena_hp": "pairs",  # lmarena arena-human-preference-100k/140k (conversation_a/b, winner)
     "fastchat_single_judge": "judge_scores",  # FastChat llm_judge single-answer judgements (score 1-10)
     "fastchat_pair_judge": "pairs",  # FastChat llm_judge pairwise judgements (gpt-4_pair, both orders)
+    "alpaca_eval_annotations": "pairs",  # AlpacaEval weighted judge preferences (soft labels)
     "routellm_csv": "outcomes",  # RouteLLM eval CSVs: prompt,<model>,<model>[,<model>_response]
     "llmrouter_json": "outcomes",  # LLMRouter dcrouter json: question, scores{model: score}, cluster_id
     "zeroeval_summary": "outcomes",  # ZeroEval task_summary: correct_models / incorrect_models per item

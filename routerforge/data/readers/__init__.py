@@ -28,6 +28,7 @@ READERS: dict[str, str] = {
     "arena_hp": "routerforge.data.readers.arena_hp:read_arena_hp",
     "fastchat_single_judge": "routerforge.data.readers.fastchat_judge:read_fastchat_single_judge",
     "fastchat_pair_judge": "routerforge.data.readers.fastchat_judge:read_fastchat_pair_judge",
+    "alpaca_eval_annotations": "routerforge.data.readers.alpaca_eval:read_alpaca_eval_annotations",
     "routellm_csv": "routerforge.data.readers.outcome_tables:read_routellm_csv",
     "llmrouter_json": "routerforge.data.readers.outcome_tables:read_llmrouter_json",
     "zeroeval_summary": "routerforge.data.readers.outcome_tables:read_zeroeval_summary",
