@@ -68,7 +68,14 @@ class SourceConfig:
 
     name: str = doc("unique source name; recorded as `source` on every row", default="")
     kind: str = doc("reader to use: " + ", ".join(SOURCE_KINDS), default="")
-    path: str = doc("file path or glob, relative to the working directory", default="")
+    path: str = doc("file path or glob, relative to the working directory (or use `hub`)", default="")
+    hub: str | None = doc("Hugging Face Hub dataset id to read instead of `path`, e.g. "
+                          "lmarena-ai/arena-human-preference-100k", default=None)
+    revision: str | None = doc("hub: branch, tag or commit of the dataset (default: main); the resolved commit "
+                               "sha is recorded in the manifest and card", default=None)
+    split: str = doc("hub: the dataset split to read", default="train")
+    data_files: list[str] = doc("hub: files (globs, relative to the dataset repo) to read; empty: the dataset's "
+                                "default configuration", default_factory=list)
     questions_path: str | None = doc("file with the prompt texts (FastChat question.jsonl, ZeroEval "
                                      "prompts.jsonl) when the judgement files do not carry them", default=None)
     weight: float = doc("per-row training weight of this source (unitless multiplier)", default=1.0)
@@ -88,8 +95,11 @@ class SourceConfig:
         if self.kind not in SOURCE_KINDS:
             raise ValueError(f"source '{self.name}': unknown kind '{self.kind}'; use one of "
                              f"{', '.join(SOURCE_KINDS)}")
-        if not self.path:
-            raise ValueError(f"source '{self.name}': `path` is required")
+        if bool(self.path) == bool(self.hub):
+            raise ValueError(f"source '{self.name}': give exactly one of `path` (local files) and `hub` (a Hugging "
+                             f"Face dataset id)")
+        if not self.hub and (self.revision or self.data_files or self.split != "train"):
+            raise ValueError(f"source '{self.name}': `revision`, `split` and `data_files` apply to `hub` sources only")
         if self.weight < 0:
             raise ValueError(f"source '{self.name}': weight must be >= 0, got {self.weight}")
         if self.role not in ("train", "eval"):

@@ -51,6 +51,7 @@ from routerforge.data.dataset_io import (
     sha256_file,
     write_dataset_dir,
 )
+from routerforge.data.hub_source import forget_resolutions, resolve_hub_source
 from routerforge.data.readers import read_source
 from routerforge.data.readers._io import expand_paths, open_bytes
 from routerforge.data.records import (
@@ -108,13 +109,18 @@ def input_fingerprint(cfg: PrepConfig) -> str:
     """sha256 over the resolved config, the bytes of every input file, and the data format version.
 
     Same config + same input files -> same fingerprint -> same dataset version (a re-run is a no-op).
+    A Hub source counts by its resolved commit sha (a moved branch is a new version).
     """
     h = hashlib.sha256()
     h.update(f"format={DATA_FORMAT_VERSION}\n".encode())
     h.update(dump_config(cfg).encode())
     files: list[Path] = []
     for src in cfg.sources:
-        files += expand_paths(src.path, src.name)
+        if src.hub:
+            hub = resolve_hub_source(src)
+            h.update(f"{hub.repo_id}\x1f{hub.sha}\x1f{hub.split}\x1f{list(hub.data_files)}\n".encode())
+        else:
+            files += expand_paths(src.path, src.name)
         if src.questions_path:
             files += expand_paths(src.questions_path, src.name)
     for extra in cfg.decontaminate.extra_eval_files:
@@ -476,6 +482,15 @@ def encoder_info(cfg) -> dict:
             "max_length": cfg.max_length, "normalize": cfg.normalize}
 
 
+def _hub_record(src: SourceConfig) -> dict:
+    """What the manifest records of a Hub source: the id, the requested and the resolved revision."""
+    if not src.hub:
+        return {}
+    hub = resolve_hub_source(src)
+    return {"hub": hub.repo_id, "revision": hub.sha, "requested_revision": src.revision or "main",
+            "split": hub.split, "data_files": list(hub.data_files)}
+
+
 def stage_embed(run: PrepRun) -> Path:
     sp = run.stage_dir("split")
     prompts = _read_jsonl(sp / "prompts.jsonl")
@@ -520,7 +535,7 @@ def stage_embed(run: PrepRun) -> Path:
         "models": models,
         "counts": counts,
         "eval_sets": eval_sets,
-        "sources": {s.name: {"kind": s.kind, "path": s.path, "weight": s.weight, "role": s.role}
+        "sources": {s.name: {"kind": s.kind, "path": s.path, "weight": s.weight, "role": s.role, **_hub_record(s)}
                     for s in run.cfg.sources},
     }
 
@@ -556,6 +571,7 @@ def run_pipeline(cfg: PrepConfig, *, until: str = "embed", force: bool = False, 
     """Run the stages up to `until` (resuming finished ones); return the dataset dir when `until` is embed."""
     if until not in STAGES:
         raise DataError(f"unknown stage '{until}'; stages are {', '.join(STAGES)}")
+    forget_resolutions()  # Hub sources: resolve each revision once per run, now
     run = PrepRun(cfg=cfg, input_fingerprint=input_fingerprint(cfg), accelerator=accelerator)
     if log is not None:
         run.log = log

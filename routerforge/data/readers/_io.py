@@ -8,6 +8,11 @@ header) raise `DataError` with a one-line fix.
 Gzip: a file whose name ends in ``.gz`` is decompressed on the fly by every helper here (``x.jsonl.gz``
 reads as ``x.jsonl``; line numbers are those of the decompressed text). `data_suffix` gives the format
 suffix without the ``.gz`` and `data_stem` the name without both, for readers that dispatch on them.
+
+Hub datasets: `source_inputs` gives a source's inputs, local files or one pinned Hub split
+(`routerforge.data.hub_source.HubInput`); every helper here takes either. A Hub split's rows come
+from `datasets` already parsed (typed values, no lines): the row number stands in for the line, and
+`iter_csv` turns values back into CSV cell text so the CSV readers validate them the same way.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from routerforge.data.hub_source import HubInput, resolve_hub_source
 from routerforge.data.report import Ledger
 from routerforge.errors import DataError
 
@@ -37,6 +43,18 @@ def expand_paths(pattern: str, source: str) -> list[Path]:
             "the glob matched no file"
         raise DataError(f"source '{source}': no file at '{pattern}': {hint}.")
     return matches
+
+
+def source_inputs(src) -> list[Path | HubInput]:
+    """The inputs of a `SourceConfig`: its files (sorted; DataError if none) or its pinned Hub split."""
+    if src.hub:
+        return [resolve_hub_source(src)]
+    return expand_paths(src.path, src.name)
+
+
+def _csv_cell(value: object) -> str:
+    """A parsed value as the CSV cell it was read from (None: an empty cell)."""
+    return "" if value is None else str(value)
 
 
 def is_gzip(path: Path) -> bool:
@@ -92,6 +110,9 @@ def _decoded_lines(path: Path, source: str, ledger: Ledger) -> Iterator[tuple[in
 
 def iter_jsonl(path: Path, source: str, ledger: Ledger) -> Iterator[tuple[int, dict]]:
     """Yield (line_no, object) of a JSON-lines file; bad lines are reported, not raised."""
+    if isinstance(path, HubInput):
+        yield from path.rows()
+        return
     for line_no, text in _decoded_lines(path, source, ledger):
         try:
             obj = json.loads(text)
@@ -117,7 +138,11 @@ def _utf8_encodable(obj: object) -> bool:
 
 
 def load_json(path: Path, source: str) -> object:
-    """A whole-file JSON document (LLMRouter, ZeroEval, price tables); DataError with the position if invalid."""
+    """A whole-file JSON document (LLMRouter, ZeroEval, price tables); DataError with the position if invalid.
+
+    A Hub split is its list of rows (what a JSON array of objects becomes on the Hub)."""
+    if isinstance(path, HubInput):
+        return [row for _, row in path.rows()]
     try:
         text = read_bytes(path).decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -137,6 +162,9 @@ def iter_csv(path: Path, source: str, ledger: Ledger, required: list[str] | None
     reader's position rather than by counting rows. Rows with a wrong number of columns and
     non-UTF-8 files are reported.
     """
+    if isinstance(path, HubInput):
+        yield from _hub_csv_rows(path, required)
+        return
     raw = read_bytes(path)
     bad_lines: set[int] = set()
     try:
@@ -184,8 +212,11 @@ def iter_json_array(path: Path, source: str) -> Iterator[tuple[int, object]]:
     `JSONDecoder.raw_decode` keeps each item's offset, so a bad item is reported at its real line
     (pretty-printed arrays such as AlpacaEval's annotations put one field per line). A file that is not
     one valid JSON array is a DataError at the position where parsing stopped: nothing after a syntax
-    error can be told apart reliably.
+    error can be told apart reliably. A Hub split yields its rows.
     """
+    if isinstance(path, HubInput):
+        yield from path.rows()
+        return
     try:
         text = read_bytes(path).decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -220,3 +251,12 @@ def iter_json_array(path: Path, source: str) -> Iterator[tuple[int, object]]:
             pos += 1
         elif not text.startswith("]", pos):
             raise fail(pos, "expected ',' or ']' after an array item")
+
+
+def _hub_csv_rows(hub: HubInput, required: list[str] | None) -> Iterator[tuple[int, dict]]:
+    for row_no, row in hub.rows():
+        if row_no == 1:
+            missing = [c for c in (required or []) if c not in row]
+            if missing:
+                raise DataError(f"{hub}: the dataset lacks column(s) {', '.join(missing)}; it has {list(row)}.")
+        yield row_no, {k: _csv_cell(v) for k, v in row.items()}

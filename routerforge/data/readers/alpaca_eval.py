@@ -32,7 +32,7 @@ import math
 from collections.abc import Iterator
 
 from routerforge.data.config import SourceConfig
-from routerforge.data.readers._io import expand_paths, iter_json_array
+from routerforge.data.readers._io import iter_json_array, source_inputs
 from routerforge.data.readers.arena_kaggle import utf8_encodable
 from routerforge.data.records import make_pair
 from routerforge.data.report import Ledger
@@ -51,7 +51,7 @@ def soft_winner(p_model_a_wins: float) -> str:
 
 def read_alpaca_eval_annotations(src: SourceConfig, ledger: Ledger) -> Iterator[dict]:
     n_valid = 0
-    for path in expand_paths(src.path, src.name):
+    for path in source_inputs(src):
         file = str(path)
         seen: set[tuple[str, str, str]] = set()
         for index, (line_no, item) in enumerate(iter_json_array(path, src.name)):

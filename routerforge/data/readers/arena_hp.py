@@ -35,7 +35,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from routerforge.data.config import SourceConfig
-from routerforge.data.readers._io import data_suffix, expand_paths, is_gzip, iter_jsonl, read_bytes
+from routerforge.data.readers._io import data_suffix, is_gzip, iter_jsonl, read_bytes, source_inputs
 from routerforge.data.readers.arena_kaggle import utf8_encodable
 from routerforge.data.records import make_pair
 from routerforge.data.report import Ledger
@@ -93,7 +93,7 @@ def _iter_parquet(path: Path, source: str) -> Iterator[tuple[int, dict]]:
 
 def read_arena_hp(src: SourceConfig, ledger: Ledger) -> Iterator[dict]:
     n_valid = 0
-    for path in expand_paths(src.path, src.name):
+    for path in source_inputs(src):
         file = str(path)
         rows = _iter_parquet(path, src.name) if data_suffix(path) == ".parquet" else iter_jsonl(path, src.name, ledger)
         seen_ids: set[str] = set()

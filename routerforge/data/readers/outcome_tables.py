@@ -41,14 +41,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from routerforge.data.config import SourceConfig
+from routerforge.data.hub_source import HubInput
 from routerforge.data.readers._io import (
     data_stem,
     data_suffix,
-    expand_paths,
     iter_csv,
     iter_jsonl,
     load_json,
     open_bytes,
+    source_inputs,
 )
 from routerforge.data.records import make_outcome
 from routerforge.data.report import Ledger
@@ -76,7 +77,7 @@ def routellm_task(path: Path) -> str:
 
 def read_routellm_csv(src: SourceConfig, ledger: Ledger) -> Iterator[dict]:
     n_valid = 0
-    for path in expand_paths(src.path, src.name):
+    for path in source_inputs(src):
         file = str(path)
         task = src.task or routellm_task(path)
         models: list[str] | None = None
@@ -117,7 +118,7 @@ def _score01(value: object) -> tuple[float | None, str | None]:
 
 def read_llmrouter_json(src: SourceConfig, ledger: Ledger) -> Iterator[dict]:
     n_valid = 0
-    for path in expand_paths(src.path, src.name):
+    for path in source_inputs(src):
         file = str(path)
         items = load_json(path, src.name)
         if not isinstance(items, list):
@@ -198,7 +199,7 @@ def read_zeroeval_summary(src: SourceConfig, ledger: Ledger) -> Iterator[dict]:
                         f"items' session_id and prompt); the task summary holds no prompt text.")
     prompts = load_zeroeval_prompts(src.questions_path, src.name)
     n_valid = 0
-    for path in expand_paths(src.path, src.name):
+    for path in source_inputs(src):
         file = str(path)
         items = load_json(path, src.name)
         if not isinstance(items, dict):
@@ -278,7 +279,9 @@ def _token_count(value: object) -> tuple[int | None, bool]:
 
 def _outcome_rows(path: Path, source: str, ledger: Ledger) -> Iterator[tuple[int, dict]]:
     suffix = data_suffix(path)
-    if suffix == ".csv":
+    if isinstance(path, HubInput):  # rows parsed by `datasets`, typed as in JSON lines
+        yield from path.rows()
+    elif suffix == ".csv":
         for line_no, row in iter_csv(path, source, ledger, required=OUTCOME_COLUMNS):
             yield line_no, {k: _csv_value(k, v) for k, v in row.items()}
     elif suffix in (".jsonl", ".ndjson"):
@@ -290,7 +293,7 @@ def _outcome_rows(path: Path, source: str, ledger: Ledger) -> Iterator[tuple[int
 
 def read_outcomes(src: SourceConfig, ledger: Ledger) -> Iterator[dict]:
     n_valid = 0
-    for path in expand_paths(src.path, src.name):
+    for path in source_inputs(src):
         file = str(path)
         seen: set[tuple[str, str]] = set()
         for line_no, obj in _outcome_rows(path, src.name, ledger):
