@@ -16,6 +16,7 @@ SOURCE_KINDS = {
     "arena_kaggle": "pairs",  # Kaggle LMSYS Arena 55k (prompt/response_* JSON lists, winner_* one-hot)
     "arena_hp": "pairs",  # lmarena arena-human-preference-100k/140k (conversation_a/b, winner)
     "fastchat_single_judge": "judge_scores",  # FastChat llm_judge single-answer judgements (score 1-10)
+    "routellm_gpt4_judge": "judge_scores",  # RouteLLM gpt4_dataset: prompt, mixtral_score (GPT-4 grade 1-5)
     "fastchat_pair_judge": "pairs",  # FastChat llm_judge pairwise judgements (gpt-4_pair, both orders)
     "alpaca_eval_annotations": "pairs",  # AlpacaEval weighted judge preferences (soft labels)
     "routellm_csv": "outcomes",  # RouteLLM eval CSVs: prompt,<model>,<model>[,<model>_response]

@@ -27,6 +27,7 @@ READERS: dict[str, str] = {
     "arena_kaggle": "routerforge.data.readers.arena_kaggle:read_arena_kaggle",
     "arena_hp": "routerforge.data.readers.arena_hp:read_arena_hp",
     "fastchat_single_judge": "routerforge.data.readers.fastchat_judge:read_fastchat_single_judge",
+    "routellm_gpt4_judge": "routerforge.data.readers.routellm_judge:read_routellm_gpt4_judge",
     "fastchat_pair_judge": "routerforge.data.readers.fastchat_judge:read_fastchat_pair_judge",
     "alpaca_eval_annotations": "routerforge.data.readers.alpaca_eval:read_alpaca_eval_annotations",
     "routellm_csv": "routerforge.data.readers.outcome_tables:read_routellm_csv",

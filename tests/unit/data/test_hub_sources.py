@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import io
 import json
-import shutil
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from readers_testlib import FIXTURES, read, where
+from readers_testlib import FIXTURES, read, source
 from support.hub_server import HubServer
 
 from routerforge.config import load_config
@@ -28,6 +26,7 @@ from routerforge.errors import DataError
 
 HP100 = FIXTURES / "arena_hp_100k_sample.jsonl"
 KAGGLE = FIXTURES / "arena_kaggle_55k_sample.csv"
+GPT4_SAMPLE, GPT4_ID = FIXTURES / "routellm_gpt4_dataset_sample.jsonl", "routellm/gpt4_dataset"
 HP_ID, KAGGLE_ID = "lmarena-ai/arena-human-preference-100k", "lmarena-ai/arena-human-preference-55k"
 CARD = b"""---
 license: cc-by-4.0
@@ -66,8 +65,7 @@ def hub(tmp_path, monkeypatch):
 
 def read_hub(kind: str, repo_id: str, **kw) -> tuple[list[dict], Ledger]:
     ledger = Ledger(echo=None)
-    src = SourceConfig(name="src", kind=kind, hub=repo_id, convert=ConvertConfig(), **kw)
-    return list(read_source(src, ledger)), ledger
+    return list(read_source(source(kind, "", hub=repo_id, **kw), ledger)), ledger
 
 
 def strip_place(rows: list[dict]) -> list[dict]:
@@ -116,6 +114,28 @@ def test_revision_is_pinned_and_offline_reads_come_from_the_cache(hub, monkeypat
         read_hub("arena_hp", "lmarena-ai/arena-human-preference-140k")
 
 
+def test_routellm_gpt4_dataset_split_becomes_threshold_pairs(hub):
+    from routerforge.data.convert import groups_by_prompt, routellm_threshold_pairs
+
+    rows = GPT4_SAMPLE.read_bytes().splitlines(keepends=True)
+    bad = json.dumps({"prompt": "Say hi.", "source": "[sharegpt]", "mixtral_score": 7}).encode() + b"\n"
+    oid = hub.seed_repo(GPT4_ID, {"train.jsonl": b"".join(rows[:2]), "validation.jsonl": b"".join(rows[2:]) + bad})
+    local, _ = read("routellm_gpt4_judge", GPT4_SAMPLE)
+    scores, ledger = read_hub("routellm_gpt4_judge", GPT4_ID, split="validation")
+    assert [(s["prompt"], s["judge_score"]) for s in scores] == [(s["prompt"], s["judge_score"]) for s in local[2:]]
+    assert {s["model"] for s in scores} == {"mistralai/Mixtral-8x7B-Instruct-v0.1"}
+    assert [(b.file, b.line, b.field, b.reason) for b in ledger.bad_rows] == [
+        (f"hub:{GPT4_ID}@{oid[:12]}/validation", 5, "mixtral_score", "score_out_of_range")]
+    # RouteLLM's rule: a grade of 4 or 5 is a win of the weak model
+    src = SourceConfig(name="src", kind="routellm_gpt4_judge", path=str(GPT4_SAMPLE), convert=ConvertConfig(
+        rule="routellm_threshold", strong="gpt-4-1106-preview", weak="mistralai/Mixtral-8x7B-Instruct-v0.1",
+        threshold=4))
+    ordered = sorted(local, key=lambda s: s["prompt_id"])
+    pairs = list(routellm_threshold_pairs(groups_by_prompt(ordered), src, Ledger(echo=None)))
+    assert sorted(p["winner"] for p in pairs) == sorted("model_b" if s["judge_score"] >= 4 else "model_a"
+                                                       for s in local)
+
+
 def test_user_errors_name_the_dataset(hub):
     hub.seed_repo(HP_ID, {"README.md": CARD, "data/train-00000-of-00001.parquet": hp_parquet()})
     with pytest.raises(DataError, match=r"Hub dataset 'nobody/nothing' not found"):
@@ -149,4 +169,3 @@ def test_prep_records_the_hub_id_and_resolved_sha(hub, tmp_path):
           "conversation_a": [{"role": "user", "content": "Name three prime numbers."}]}])})
     again = run_pipeline(cfg, log=lambda _: None)
     assert again != path and json.loads((again / "manifest.json").read_text())["sources"]["hp"]["revision"] == moved
-    shutil.rmtree(tmp_path / "out")

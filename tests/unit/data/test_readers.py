@@ -383,6 +383,7 @@ _SAMPLES = {
     ),
     "fastchat_pair_judge": (FIXTURES / "fastchat_gpt-4_pair_sample.jsonl", {}),
     "alpaca_eval_annotations": (DATA / "alpaca_eval" / "annotations" / "*.json", {}),
+    "routellm_gpt4_judge": (FIXTURES / "routellm_gpt4_dataset_sample.jsonl", {}),
     "routellm_csv": (DATA / "routellm" / "mmlu" / "mmlu_anatomy.csv", {}),
     "llmrouter_json": (DATA / "llmrouter" / "dcrouter_test_sample.json", {}),
     "zeroeval_summary": (
