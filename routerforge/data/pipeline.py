@@ -169,11 +169,12 @@ def _sorted_by_prompt(ds: Dataset) -> Dataset:
     """`ds` in prompt_id order (a stable sort: rows of one prompt keep their read order).
 
     Not `Dataset.sort`: datasets 5.2 passes `null_placement` to pyarrow's sort as a whole-sort option,
-    which pyarrow >= 25 deprecates with a FutureWarning on every prep run; pyarrow wants it per sort
-    key, as here. The order is the same (prompt_id is never null). The sorted view stays in memory
+    which pyarrow >= 25 deprecates with a FutureWarning on every prep run (pyarrow now wants it per sort
+    key). prompt_id is never null, so no null placement is needed at all: the plain sort keys below work
+    on every pyarrow `datasets` accepts and give the same order. The sorted view stays in memory
     (8 bytes of index per row) instead of an indices cache file beside the stage's Arrow file.
     """
-    order = pc.sort_indices(ds.data.table.select(["prompt_id"]), sort_keys=[("prompt_id", "ascending", "at_end")])
+    order = pc.sort_indices(ds.data.table.select(["prompt_id"]), sort_keys=[("prompt_id", "ascending")])
     return ds.select(order, keep_in_memory=True)
 
 
