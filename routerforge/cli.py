@@ -61,12 +61,12 @@ def format_summary(manifest: dict, stats: dict) -> str:
     lines.append(f"{'table':<10}{'train':>9}{'valid':>9}{'test':>9}")
     for table, c in manifest["counts"].items():
         lines.append(f"{table:<10}{c['train']:>9}{c['validation']:>9}{c['test']:>9}")
-    lines += ["", f"{'source':<22}{'stage':<15}{'input':>8}{'kept':>8}  dropped"]
+    lines += ["", f"{'source':<22}{'stage':<24}{'input':>9}{'kept':>9}  dropped"]
     for source, stages in stats["per_source"].items():
         for stage, c in stages.items():
             dropped = ", ".join(f"{k}={v}" for k, v in c["dropped"].items()) or "-"
             made = f" (made {c['made']} pairs)" if c.get("made") else ""
-            lines.append(f"{source:<22}{stage:<15}{c['input']:>8}{c['kept']:>8}  {dropped}{made}")
+            lines.append(f"{source:<22}{stage:<24}{c['input']:>9}{c['kept']:>9}  {dropped}{made}")
     if manifest["eval_sets"]:
         lines += ["", "evaluation sets: " + ", ".join(f"{k} ({v['prompts']} prompts)"
                                                       for k, v in manifest["eval_sets"].items())]
