@@ -30,7 +30,7 @@ from routerforge.label.config import LabelConfig
 from routerforge.label.run import SpendCapReached, run_label
 from tests.support.fake_chat_endpoint import FakeChatEndpoint
 
-N_PROMPTS, N_MODELS = len(PROMPTS), 2
+N_PROMPTS = len(PROMPTS)
 
 
 @pytest.fixture
