@@ -57,6 +57,7 @@ class Labeler:
         self.judge = open_endpoint(cfg.judge.endpoint) if cfg.judge.mode != "reference" else None
         self._reserved_usd = 0.0
         self._stopped = False
+        self._in_flight: dict[str, asyncio.Future] = {}
         self._started = time.monotonic()
 
     def _tick(self) -> None:
@@ -69,6 +70,15 @@ class Labeler:
                    ) -> CachedReply | None:
         generation = ep_cfg.generation.request_params()
         key = call_key(ep_cfg.kind, endpoint.model_id, messages, generation, template_version)
+        if key in self._in_flight:  # the same call for another prompt (a repeated prompt text): share it
+            return await self._in_flight[key]
+        future = asyncio.ensure_future(self._call_once(ep_cfg, endpoint, messages, generation, template_version, key))
+        self._in_flight[key] = future
+        future.add_done_callback(lambda _: self._in_flight.pop(key, None))
+        return await future
+
+    async def _call_once(self, ep_cfg: EndpointConfig, endpoint, messages: list[dict], generation: dict,
+                         template_version: str, key: str) -> CachedReply | None:
         cached = self.cache.get(key)
         if cached is not None:
             self.stats.cached_calls += 1
@@ -88,12 +98,14 @@ class Labeler:
             return None
         finally:
             self._reserved_usd -= estimate
-        stored = self.cache.put(key, endpoint.model_id, template_version, reply.text, reply.input_tokens,
-                                reply.output_tokens)
+        # Spent moves up in the same step the reservation goes (no await between): the cap check never
+        # sees this call's cost missing.
         cost = ep_cfg.cost_usd(reply.input_tokens, reply.output_tokens)
-        self.stats.new_calls += 1
         self.stats.spent_usd += cost
         self.stats.new_spent_usd += cost
+        stored = await self.cache.put(key, endpoint.model_id, template_version, reply.text, reply.input_tokens,
+                                      reply.output_tokens)
+        self.stats.new_calls += 1
         self._tick()
         return stored
 

@@ -85,5 +85,5 @@ def test_sigkill_mid_run_then_resume_gives_the_same_label_set(tmp_path, monkeypa
     keys = [_call_key(c) for c in fake.answered]
     assert len(set(keys)) == N_CALLS
     repeated = len(keys) - len(set(keys))
-    assert repeated == made_before_kill - recorded <= 2 * CONCURRENCY  # answers + judge endpoint in flight
+    assert repeated == made_before_kill - recorded <= 3 * CONCURRENCY  # 3 endpoints' slots in flight
     assert tree_bytes(resumed) == tree_bytes(reference)

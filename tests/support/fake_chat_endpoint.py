@@ -98,6 +98,9 @@ class FakeChatEndpoint:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, as real endpoints (and httpx's pool) use
+            disable_nagle_algorithm = True  # headers and body are two writes: no 40 ms delayed-ACK stall
+
             def log_message(self, *args) -> None:  # keep test output clean
                 pass
 
@@ -153,3 +156,17 @@ class FakeChatEndpoint:
                               "completion_tokens": len(text.split())}})
 
         return Handler
+
+
+if __name__ == "__main__":  # a standalone server (bench/bench_label.py runs it in its own process)
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(description="loopback fake OpenAI-compatible chat endpoint")
+    parser.add_argument("--key", required=True)
+    parser.add_argument("--delay-ms", type=float, default=0.0)
+    cli = parser.parse_args()
+    with FakeChatEndpoint(cli.key) as fake:
+        fake.delay_s = cli.delay_ms / 1000
+        print(fake.base_url, flush=True)
+        sys.stdin.read()  # serve until the parent closes our stdin

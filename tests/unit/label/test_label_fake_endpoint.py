@@ -204,3 +204,14 @@ def test_config_errors_name_the_key(tmp_path):
         _load(cfg_path, "candidates.0.base_url_env=http://localhost:8000/v1")
     with pytest.raises(Exception, match="pairwise needs at least two candidates"):
         _load(cfg_path, "judge.mode=pairwise", f"candidates=[{json.dumps(endpoint('solo'))}]")
+
+
+def test_a_repeated_prompt_text_is_called_once(tmp_path, fake):
+    rows = [PROMPTS[1], {**PROMPTS[1], "prompt_id": "p2-again"}, {**PROMPTS[1], "prompt_id": "p2"}]
+    cfg_path = write_config(tmp_path, write_prompts(tmp_path / "prompts.jsonl", rows), mode="reference",
+                            candidates=[endpoint("strong-model")])
+    path, stats = run_label(_load(cfg_path))
+    assert fake.calls_by_model() == {"strong-model": 1} and stats.new_calls == 1
+    assert [r["prompt_id"] for r in _jsonl(path / "outcomes.jsonl")] == ["p2", "p2-again"]
+    report = json.loads((path / "report.json").read_text())
+    assert report["bad_prompt_rows"] == {"prompts": {"duplicate_id": 1}}
