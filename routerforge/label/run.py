@@ -62,7 +62,7 @@ class Labeler:
 
     def _tick(self) -> None:
         elapsed = max(time.monotonic() - self._started, 1e-9)
-        self.progress.set_postfix_str(f"{self.stats.new_calls / elapsed:.1f} calls/s, ${self.stats.spent_usd:.4f}",
+        self.progress.set_postfix_str(f"{self.stats.new_calls / elapsed:.1f} new calls/s, ${self.stats.spent_usd:.4f} spent",
                                       refresh=False)
         self.progress.update(1)
 
