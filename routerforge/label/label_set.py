@@ -140,6 +140,7 @@ def write_label_set(cfg: LabelConfig, version: str, prompts: list[PromptRow], re
             _write_jsonl(tmp / "judgments" / ("single.jsonl" if mode == "single" else "pair.jsonl"), rows["judge_rows"])
             _write_jsonl(tmp / "questions.jsonl", [{"question_id": r.prompt_id, "turns": [r.prompt]} for r in prompts])
         report = {"prompt_rows": ledger.stats(), "bad_prompt_rows": ledger.bad_counts(),
+                  "bad_prompt_row_list": [bad.format() for bad in ledger.bad_rows],
                   "unparseable_judgments": len(rows["unparseable"]), "unparseable": rows["unparseable"],
                   "failed_calls": len(stats.failures), "failures": stats.failures}
         (tmp / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True, ensure_ascii=False),

@@ -215,3 +215,5 @@ def test_a_repeated_prompt_text_is_called_once(tmp_path, fake):
     assert [r["prompt_id"] for r in _jsonl(path / "outcomes.jsonl")] == ["p2", "p2-again"]
     report = json.loads((path / "report.json").read_text())
     assert report["bad_prompt_rows"] == {"prompts": {"duplicate_id": 1}}
+    [listed] = report["bad_prompt_row_list"]  # with file, line and field
+    assert listed.startswith(f"{tmp_path / 'prompts.jsonl'}:3: field 'prompt_id': duplicate_id: prompt_id p2 repeated")
