@@ -178,7 +178,8 @@ class TransformersEndpoint:
             raise EndpointError(f"endpoint '{cfg.name}': model_path '{cfg.model_path}' is not a directory; point "
                                 f"it at a local model saved with save_pretrained.")
         self.cfg = cfg
-        self.model_id = f"{path.resolve()}@{fingerprint_model_dir(path)}"
+        # Content-bound, not path-bound: a moved directory still hits, retrained weights miss.
+        self.model_id = f"local:{fingerprint_model_dir(path)}"
         self._path = path
         self._loaded: tuple | None = None
         self._lock = asyncio.Lock()
