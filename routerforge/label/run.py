@@ -1,6 +1,6 @@
 """Scheduling the calls: answers from every candidate, then the judge; the spend cap; progress.
 
-    summary = run_label(cfg)    # raises SpendCapReached (exit 3) when the cap stops the run
+    path, stats = run_label(cfg)    # raises SpendCapReached (exit 3) when the cap stops the run
 
 Every call goes through `Labeler.call`: a cache hit returns the stored reply (its token cost counts
 toward the label set's spend, but nothing is called); a miss first reserves the call's worst-case

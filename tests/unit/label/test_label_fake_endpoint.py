@@ -152,6 +152,21 @@ def test_429_retry_after_and_5xx_are_retried(tmp_path, fake):
     assert not stats.failures
 
 
+def test_slow_replies_time_out_are_retried_and_reported_then_a_rerun_fills_them(tmp_path, fake):
+    rows = [p for p in PROMPTS if "reference" in p]
+    cfg_path = write_config(tmp_path, write_prompts(tmp_path / "prompts.jsonl", rows), mode="reference",
+                            candidates=[endpoint("strong-model", timeout_s=0.1, max_retries=1)])
+    fake.delay_s = 0.4  # every reply comes after the 0.1 s request timeout
+    path, stats = run_label(_load(cfg_path))
+    assert fake.requests == 2 * len(rows) and stats.retries == len(rows) and stats.new_calls == 0
+    report = json.loads((path / "report.json").read_text())
+    assert report["failed_calls"] == len(rows) and "ReadTimeout" in report["failures"][0]["error"]
+    assert _jsonl(path / "outcomes.jsonl") == []
+    fake.delay_s = 0.0
+    path, stats = run_label(_load(cfg_path))  # the failed calls were not cached: made again
+    assert stats.new_calls == len(rows) and len(_jsonl(path / "outcomes.jsonl")) == len(rows)
+
+
 def test_spend_cap_stops_cleanly_and_a_rerun_resumes(tmp_path, fake):
     cfg_path = write_config(tmp_path, write_prompts(tmp_path / "prompts.jsonl"), mode="single")
     # One answer call reserves at most (bytes + 16) x $1000/M + 64 x $2000/M ~ $0.16: a $0.5 cap lets
