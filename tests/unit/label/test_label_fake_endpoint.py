@@ -232,3 +232,26 @@ def test_a_repeated_prompt_text_is_called_once(tmp_path, fake):
     assert report["bad_prompt_rows"] == {"prompts": {"duplicate_id": 1}}
     [listed] = report["bad_prompt_row_list"]  # with file, line and field
     assert listed.startswith(f"{tmp_path / 'prompts.jsonl'}:3: field 'prompt_id': duplicate_id: prompt_id p2 repeated")
+
+
+def test_csv_prompts_with_bad_rows_reported_by_line(tmp_path, fake, capsys):
+    prompts = tmp_path / "prompts.csv"
+    prompts.write_text('prompt_id,prompt,task,reference\n'
+                       'a,"What is 2+2?\nThink step by step.",math,4\n'  # a quoted prompt over two lines
+                       'b,,math,5\n'
+                       'c,What is 3+4?,math,\n'
+                       'd,What is 10+5?,math,15\n', encoding="utf-8")
+    cfg_path = write_config(tmp_path, prompts, mode="reference", candidates=[endpoint("strong-model")])
+    path, _ = run_label(_load(cfg_path))
+    assert [(r["prompt_id"], r["score"]) for r in _jsonl(path / "outcomes.jsonl")] == [("a", 1.0), ("d", 1.0)]
+    report = json.loads((path / "report.json").read_text())
+    assert report["bad_prompt_rows"] == {"prompts": {"missing_field": 2}}
+    assert [line.split(": ", 1)[0] for line in report["bad_prompt_row_list"]] == [f"{prompts}:4", f"{prompts}:5"]
+    assert "needs a `reference`" in report["bad_prompt_row_list"][1]
+
+
+def test_help_says_what_the_command_does(capsys):
+    with pytest.raises(SystemExit) as done:
+        cli_main(["label", "--help"])
+    assert done.value.code == 0
+    assert "label the answers with an LLM judge" in " ".join(capsys.readouterr().out.split())
