@@ -58,6 +58,14 @@ def judge_text(user: str) -> str:
     return f"Comparing both answers. Final verdict: [[{verdict}]]"
 
 
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request, client_address) -> None:
+        import sys
+
+        if not isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError)):  # a killed client
+            super().handle_error(request, client_address)
+
+
 class FakeChatEndpoint:
     """`with FakeChatEndpoint(key) as server:` ... `server.base_url` is the /v1 URL."""
 
@@ -71,7 +79,7 @@ class FakeChatEndpoint:
         self.fail_next = 0
         self.delay_s = 0.0
         self.refused: list[int] = []  # status codes of every non-200 reply
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._server = _QuietServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever,
                                         kwargs={"poll_interval": 0.05}, daemon=True)
@@ -112,10 +120,19 @@ class FakeChatEndpoint:
                 for k, v in (headers or {}).items():
                     self.send_header(k, v)
                 self.end_headers()
-                self.wfile.write(data)
+                try:
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):  # the client was killed mid-request
+                    pass
 
             def do_POST(self) -> None:  # noqa: N802 - http.server's naming
-                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", "0"))) or b"{}")
+                try:
+                    body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", "0"))) or b"{}")
+                except (ValueError, ConnectionResetError):
+                    body = {}
+                if not isinstance(body.get("messages"), list) or "model" not in body:
+                    self._send(400, {"error": {"message": "model and messages are required"}})
+                    return
                 if self.path != "/v1/chat/completions":
                     self._send(404, {"error": {"message": f"no route {self.path}"}})
                     return
