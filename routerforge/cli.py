@@ -2,6 +2,7 @@
 
     routerforge prep --config configs/data/demo.yaml [--stage STAGE] [--strict] [--force] [key=value ...]
     routerforge demo
+    routerforge label --config configs/label/example.yaml [key=value ...]
     routerforge eval CHECKPOINT --outcomes FILE [--strong NAME --weak NAME] [--router-pair S W] [--json OUT] [--plot OUT.png]
     routerforge calibrate CHECKPOINT --prompts FILE --strong-share 0.2 0.5 ...
     routerforge route CHECKPOINT "prompt" [...]
@@ -103,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Subcommands that own their argument parsing; `routerforge X ...` hands everything after X to them.
 DELEGATED = {
+    "label": "routerforge.label.cli:label_main",
     "publish": "routerforge.registry.publish:publish_main",
     "eval": "routerforge.eval.cli:eval_main",
     "calibrate": "routerforge.eval.cli:calibrate_main",

@@ -291,6 +291,18 @@ def _outcome_rows(path: Path, source: str, ledger: Ledger) -> Iterator[tuple[int
                         f"(.jsonl.gz, .csv.gz); got '{suffix}'.")
 
 
+def prompt_problem(prompt_id: object, prompt: object) -> tuple[str, str, str] | None:
+    """(reason, detail, field) when a row's prompt_id or prompt is unusable, else None (also used for
+    the prompts files of `routerforge label`)."""
+    if isinstance(prompt_id, bool) or not isinstance(prompt_id, (str, int)) or not str(prompt_id).strip():
+        return "wrong_type", f"prompt_id must be a non-empty string or integer, got {prompt_id!r}", "prompt_id"
+    if not isinstance(prompt, str):
+        return "wrong_type", f"prompt must be a string, got {type(prompt).__name__}", "prompt"
+    if not prompt.strip():
+        return "empty_prompt", "the prompt is empty", "prompt"
+    return None
+
+
 def read_outcomes(src: SourceConfig, ledger: Ledger) -> Iterator[dict]:
     n_valid = 0
     for path in source_inputs(src):
@@ -308,14 +320,9 @@ def read_outcomes(src: SourceConfig, ledger: Ledger) -> Iterator[dict]:
             prompt_id, prompt, model = obj["prompt_id"], obj["prompt"], obj["model"]
             if isinstance(prompt_id, float) and prompt_id.is_integer():
                 prompt_id = int(prompt_id)
-            if isinstance(prompt_id, bool) or not isinstance(prompt_id, (str, int)) or not str(prompt_id).strip():
-                bad("wrong_type", f"prompt_id must be a non-empty string or integer, got {prompt_id!r}", "prompt_id")
-                continue
-            if not isinstance(prompt, str):
-                bad("wrong_type", f"prompt must be a string, got {type(prompt).__name__}", "prompt")
-                continue
-            if not prompt.strip():
-                bad("empty_prompt", "the prompt is empty", "prompt")
+            problem = prompt_problem(prompt_id, prompt)
+            if problem is not None:
+                bad(*problem)
                 continue
             if not isinstance(model, str) or not model.strip():
                 bad("wrong_type", f"model must be a non-empty string, got {model!r}", "model")
