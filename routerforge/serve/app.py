@@ -27,6 +27,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from starlette.applications import Starlette
+from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -178,7 +179,8 @@ async def _read_body(request: Request, limit: int) -> bytes:
 def _rule_for(state: ServeState, request: Request, model: str) -> Rule:
     header = request.headers.get(THRESHOLD_HEADER)
     preset = preset_of_model(model, state.rules)
-    if preset is None and not (header is not None and model.startswith(MODEL_PREFIX)):
+    routed_name = model == MODEL_PREFIX or model.startswith(MODEL_PREFIX + "-")
+    if preset is None and not (header is not None and routed_name):
         known = ", ".join(([MODEL_PREFIX] if DEFAULT_PRESET in state.rules else []) + model_names(state.rules))
         raise RequestError(404, f"the model '{model}' does not exist on this router; use one of {known}.",
                            param="model", code="model_not_found")
@@ -205,11 +207,16 @@ async def _chat(state: ServeState, request: Request) -> Response:
         started = time.perf_counter()
         score = await state.batcher.score(text)
         model = state.spec.strong if rule.is_strong(score, text) else state.spec.weak
-        state.metrics.routing_seconds.observe(time.perf_counter() - started)
+        routed = time.perf_counter()
+        state.metrics.routing_seconds.observe(routed - started)
         state.metrics.observe_routed(model, rule.name)
         stream = bool(body.get("stream", False))
         forwarded = await state.forwarder.forward(body, model, stream)
+        answered = time.perf_counter()
         headers = passthrough_headers(forwarded.response)
+        # W3C Server-Timing: where this request's time went (after the upstream's own entries, if any)
+        timing = f"routing;dur={1000 * (routed - started):.2f}, upstream;dur={1000 * (answered - routed):.2f}"
+        headers["server-timing"] = ", ".join(filter(None, [headers.get("server-timing"), timing]))
         headers.update({"x-router-model": forwarded.upstream.model,
                         "x-router-upstream-model": forwarded.upstream.upstream_model,
                         "x-router-preset": rule.name, "x-router-score": f"{score:.6f}"})
@@ -218,15 +225,25 @@ async def _chat(state: ServeState, request: Request) -> Response:
         if not stream:
             return Response(forwarded.response.content, status_code=forwarded.response.status_code, headers=headers)
 
+        finished = False
+
+        async def finish() -> None:  # idempotent: the stream's end, or the background task after a disconnect
+            nonlocal finished
+            if not finished:
+                finished = True
+                state.metrics.in_flight.dec()
+                await forwarded.response.aclose()
+
         async def relay() -> AsyncIterator[bytes]:
             try:
                 async for chunk in state.forwarder.relay_stream(forwarded):
                     yield chunk
             finally:
-                state.metrics.in_flight.dec()
+                await finish()
 
         streaming = True
-        return StreamingResponse(relay(), status_code=forwarded.response.status_code, headers=headers)
+        return StreamingResponse(relay(), status_code=forwarded.response.status_code, headers=headers,
+                                 background=BackgroundTask(finish))
     finally:
         if not streaming:
             state.metrics.in_flight.dec()

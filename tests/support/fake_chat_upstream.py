@@ -8,6 +8,11 @@ recorded (body and Authorization header) so a test can count what arrived where.
 before answering, to trigger the proxy's timeout).
 
 `serving(app)` runs any ASGI app on 127.0.0.1 (a free port) in a background thread and yields (server, base URL).
+
+As a process (bench/bench_serve.py): `python -m tests.support.fake_chat_upstream --urls-file F` serves a "strong" and
+a "weak" upstream on free loopback ports, writes {"strong": URL, "weak": URL} to F, and runs until SIGTERM;
+`GET /received` lists the last user text of every request it got, in arrival order (to count lost or duplicated
+requests).
 """
 
 from __future__ import annotations
@@ -34,7 +39,8 @@ class FakeChatUpstream:
         self.received: list[dict] = []
         self.authorization: list[str | None] = []
         self._lock = threading.Lock()
-        self.app = Starlette(routes=[Route("/v1/chat/completions", self._chat, methods=["POST"])])
+        self.app = Starlette(routes=[Route("/v1/chat/completions", self._chat, methods=["POST"]),
+                                     Route("/received", self._received, methods=["GET"])])
 
     def reset(self) -> None:
         with self._lock:
@@ -44,6 +50,12 @@ class FakeChatUpstream:
 
     def answer(self, user_text: str) -> str:
         return f"{self.name} answers: {user_text}"
+
+    async def _received(self, request: Request) -> Response:
+        with self._lock:
+            texts = [next((m.get("content") for m in reversed(body.get("messages", [])) if m.get("role") == "user"),
+                          None) for body in self.received]
+        return JSONResponse(texts)
 
     async def _chat(self, request: Request) -> Response:
         body = await request.json()
@@ -103,3 +115,27 @@ def serving(app, *, timeout_graceful_shutdown: int | None = None) -> Iterator[tu
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+
+
+def main() -> None:
+    import argparse
+    import signal
+    import sys
+    from pathlib import Path
+
+    parser = argparse.ArgumentParser(description="Serve a strong and a weak fake chat upstream on loopback.")
+    parser.add_argument("--urls-file", type=Path, required=True, help="write {role: base URL} here once listening")
+    args = parser.parse_args()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    strong, weak = FakeChatUpstream("strong"), FakeChatUpstream("weak")
+    with serving(strong.app) as (_, strong_url), serving(weak.app) as (_, weak_url):
+        temp = args.urls_file.with_suffix(".tmp")
+        temp.write_text(json.dumps({"strong": strong_url + "/v1", "weak": weak_url + "/v1"}))
+        temp.replace(args.urls_file)
+        print(f"fake upstreams: strong {strong_url}, weak {weak_url}", file=sys.stderr, flush=True)
+        stop.wait()
+
+
+if __name__ == "__main__":
+    main()

@@ -7,11 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -199,6 +194,7 @@ def test_streaming_default_preset_and_threshold_header(proxy, fakes, library, pr
         expected = library.route([prompt], strong_share=0.5, strong=rr.STRONG, weak=rr.WEAK)[0]
         assert response.headers["x-router-model"] == expected and response.headers["x-router-preset"] == "default"
         assert response.headers["content-type"].startswith("text/event-stream")
+        assert response.headers["server-timing"].startswith("routing;dur=")
         chunks = list(response.parse())
     role = "strong" if expected == rr.STRONG else "weak"
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == fakes[role].answer(prompt)
@@ -287,6 +283,11 @@ def test_routing_text_and_config_errors(router, serve_env, checkpoint):
     with pytest.raises(RequestError, match="no message with role 'user'"):
         routing_text(messages[1:2], "last_user", 100)
 
+    example = load_config(ServeConfig, rr.REPO_ROOT / "configs" / "serve" / "example.yaml")  # the README's example
+    assert example.presets["strict"].threshold == 0.6 and example.weak.api_key_env == ""
+    assert (rr.REPO_ROOT / "configs/serve/example.yaml").read_text().split("\n", 1)[1] in \
+        (rr.REPO_ROOT / "README.md").read_text()
+
     config_path, env = serve_env
     with pytest.raises(ConfigError, match="unknown config key 'routing.max_wait'. Did you mean 'max_wait_ms'"):
         load_config(ServeConfig, config_path, ["routing.max_wait=3"])
@@ -302,45 +303,50 @@ def test_routing_text_and_config_errors(router, serve_env, checkpoint):
     assert UPSTREAM_KEYS["strong"] not in repr(resolve_upstream(rr.STRONG, config.strong, "strong"))
 
 
-def test_serve_command_drains_in_flight_requests_on_sigterm(checkpoint, serve_env, fakes, prompts):
-    """The real CLI in its own process: it listens, serves, and on SIGTERM finishes the request in flight."""
-    config_path, env = serve_env
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    process = subprocess.Popen(
-        [sys.executable, "-m", "routerforge.cli", "serve", str(checkpoint), "--threshold", "-1", "--config",
-         str(config_path), f"port={port}", "--log-level", "warning"],
-        env={**os.environ, **env, "PYTHONPATH": str(rr.REPO_ROOT)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(url + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert process.poll() is None and time.monotonic() < deadline, process.stderr.read().decode()
-            time.sleep(0.1)
-        fakes["strong"].delay_s = 1.0  # in flight when SIGTERM arrives; under the 2 s timeout
-        result: dict = {}
+def test_shutdown_drains_in_flight_requests(checkpoint, serve_env, fakes, prompts, tmp_path_factory):
+    """uvicorn's SIGTERM/SIGINT handler sets `should_exit`; here it is set directly while two requests (one a
+    stream) wait on a slow upstream: both complete, then the server is gone. (bench/bench_serve.py stops the
+    real `routerforge serve` process with SIGTERM.)"""
+    config_path, _ = serve_env
+    # a second app: its own router (and cache connection, owned by its own encoder thread)
+    router = Router.from_pretrained(checkpoint, embedding_cache_dir=rr.cache_dir(tmp_path_factory.getbasetemp()))
+    state = build_state(router, load_config(ServeConfig, config_path), threshold=-1.0)  # all to strong
+    fakes["strong"].delay_s = 1.0  # in flight when shutdown starts; under the 2 s timeout
+    results: dict = {}
 
-        def in_flight() -> None:
-            result["completion"] = client(url).chat.completions.create(model="router", messages=ask(prompts[1]))
+    def plain(url: str) -> None:
+        results["plain"] = client(url).chat.completions.create(model="router", messages=ask(prompts[1]))
 
-        thread = threading.Thread(target=in_flight)
-        thread.start()
-        while not fakes["strong"].received:
+    def streamed(url: str) -> None:
+        chunks = client(url).chat.completions.create(model="router", messages=ask(prompts[2]), stream=True)
+        results["stream"] = "".join(c.choices[0].delta.content or "" for c in chunks)
+
+    with serving(create_app(state), timeout_graceful_shutdown=10) as (server, url):
+        threads = [threading.Thread(target=f, args=(url,)) for f in (plain, streamed)]
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + 30
+        while len(fakes["strong"].received) < 2:
+            assert time.monotonic() < deadline
             time.sleep(0.01)
-        process.send_signal(signal.SIGTERM)
-        thread.join(timeout=30)
-        # uvicorn drains, shuts down, then re-raises the signal (the parent sees "terminated by SIGTERM")
-        assert process.wait(timeout=30) in (0, -signal.SIGTERM)
-        assert result["completion"].choices[0].message.content == fakes["strong"].answer(prompts[1])
-        stderr = process.stderr.read().decode()
-        assert TOKEN not in stderr and UPSTREAM_KEYS["strong"] not in stderr
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        server.should_exit = True
+        for thread in threads:
+            thread.join(timeout=30)
+    assert results["plain"].choices[0].message.content == fakes["strong"].answer(prompts[1])
+    assert results["stream"] == fakes["strong"].answer(prompts[2])
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(url + "/health")
+
+
+def test_serve_command_line(checkpoint, serve_env, capsys):
+    from routerforge.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    assert "Serve a router as an OpenAI-compatible endpoint" in capsys.readouterr().out
+    config_path, _ = serve_env
+    assert main(["serve", str(checkpoint), "--strong-share", "0.2", "--config", str(config_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "strong_share 0.2 is not calibrated" in err
+    assert main(["serve", str(checkpoint), "--config", str(config_path), "port=99999"]) == 2
+    assert "port must be in [0, 65535]" in capsys.readouterr().err
