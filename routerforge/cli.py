@@ -6,6 +6,7 @@
     routerforge eval CHECKPOINT --outcomes FILE [--strong NAME --weak NAME] [--router-pair S W] [--json OUT] [--plot OUT.png]
     routerforge calibrate CHECKPOINT --prompts FILE --strong-share 0.2 0.5 ...
     routerforge route CHECKPOINT "prompt" [...]
+    routerforge serve CHECKPOINT [--strong-share 0.3 | --threshold T] --config serve.yaml [key=value ...]
     routerforge list [ROOT] [--router NAME] [--verify]
     routerforge publish CHECKPOINT --repo ORG/NAME [--force] [--private] [--branch B]
     routerforge eval-router-r1 --export DIR [--export DIR ...] [--alphas 0,0.3,0.6] [--max-tasks N] --out DIR
@@ -109,6 +110,7 @@ DELEGATED = {
     "eval": "routerforge.eval.cli:eval_main",
     "calibrate": "routerforge.eval.cli:calibrate_main",
     "route": "routerforge.eval.cli:route_main",
+    "serve": "routerforge.serve.cli:serve_main",
     "list": "routerforge.eval.cli:list_main",
     "eval-router-r1": "routerforge.rl.evaluate:eval_router_r1_main",
 }
