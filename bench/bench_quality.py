@@ -63,7 +63,7 @@ sys.path.insert(0, str(REPO_ROOT / "bench"))
 
 GPT4O, LLAMA31_8B, MIXTRAL = "gpt-4o", "Meta-Llama-3_1-8B-Instruct", "Mixtral-8x7B-Instruct-v0.1"
 GPT4_1106, MIXTRAL_HF = "gpt-4-1106-preview", "mistralai/Mixtral-8x7B-Instruct-v0.1"
-FAMILIES = ("knn", "mf", "cluster", "difficulty")
+FAMILIES = ("knn", "linear", "mf", "cluster", "difficulty")
 BASELINES = ("random", "tfidf_lr", "emb_lr", "emb_knn", "routellm_mf", "oracle")
 N_BOOTSTRAP = 1000
 KNN_BASELINE_K = 25
@@ -163,6 +163,7 @@ FAMILY_OVERRIDES = {
     "difficulty": ["tracking.report_to=none", "checkpoint.every_optimizer_steps=0", "run.progress_bar=false"],
     "cluster": ["tracking.report_to=none", "run.progress_bar=false"],
     "knn": ["tracking.report_to=none", "run.progress_bar=false"],
+    "linear": ["tracking.report_to=none", "run.progress_bar=false"],
 }
 
 

@@ -4,7 +4,7 @@
    gold labels; MT-Bench and held-out halves of MMLU/GSM8K kept for evaluation and decontaminated
    against; prints the dataset stats.
 2. trains the routers on it, each with the same command a user runs (printed before it runs):
-   the kNN router, matrix factorization (RouteLLM), the BEST-Route difficulty router, the cluster router (UniRoute)
+   the kNN and linear routers, matrix factorization (RouteLLM), the BEST-Route difficulty router, the cluster router (UniRoute)
    and a probe router (P(weak model correct) from hidden states; offline the packaged MiniLM encoder
    stands in for the weak model's own states).
 
@@ -28,6 +28,8 @@ DEMO_DATA = "data/processed/demo"
 TRAINING_STEPS = [
     ("train the kNN router (every model's mean score on the nearest training prompts; k chosen on validation)",
      "training/train_knn.py", "configs/knn/default.yaml", ["run.name=demo", "tracking.report_to=tensorboard"]),
+    ("train the linear router (a logistic head per model on the prompt embedding; C by cross-validation)",
+     "training/train_linear.py", "configs/linear/default.yaml", ["run.name=demo", "tracking.report_to=tensorboard"]),
     ("train the matrix factorization router (RouteLLM)", "training/train_mf.py", "configs/mf/default.yaml",
      ["run.name=demo", "run.epochs=50", "resume=auto", "tracking.report_to=tensorboard"]),
     ("train the difficulty router (BEST-Route heads on the packaged all-MiniLM-L6-v2)", "training/train_difficulty.py",
@@ -87,7 +89,7 @@ def run_demo() -> int:
 
 
 STRONG, WEAK = "gpt-4-1106-preview", "mistralai/Mixtral-8x7B-Instruct-v0.1"
-EVAL_ROUTERS = ("knn", "mf", "difficulty", "cluster", "probe")
+EVAL_ROUTERS = ("knn", "linear", "mf", "difficulty", "cluster", "probe")
 ROUTE_EXAMPLES_WITH = "knn"
 EXAMPLE_PROMPTS = [
     "What is the capital of France?",

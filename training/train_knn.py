@@ -34,8 +34,6 @@ import torch
 from accelerate.utils import broadcast_object_list
 
 from routerforge.config import config_to_dict, doc
-from routerforge.data.dataset_io import load_prepared
-from routerforge.errors import DataError
 from routerforge.models.knn import WEIGHTINGS, KNNRouter, KNNSettings
 from routerforge.registry.export import register_run_export
 from routerforge.train.accelerator_setup import build_accelerator, world_description
@@ -43,13 +41,13 @@ from routerforge.train.entrypoint import run_recipe
 from routerforge.train.export import build_manifest, export_router
 from routerforge.train.run_config import (
     ExportConfig,
-    RunConfig,
+    FitRunConfig,
     TrackingConfig,
     export_dir_for,
     parse_recipe_args,
     run_dir_for,
 )
-from routerforge.train.score_tables import mean_pair_apgr, pool_of, scores_over_splits, selection_pairs
+from routerforge.train.score_tables import load_scored_prompts, mean_pair_apgr, selection_pairs
 from routerforge.train.tracking import finish_tracking, new_run_id, start_tracking
 
 RECIPE = "knn"
@@ -59,21 +57,6 @@ REPO_DIR = Path(__file__).resolve().parents[1]
 # ----------------------------------------------------------------------------------------------------
 # 1. Config
 # ----------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class KNNRunConfig:
-    name: str = doc("run name: the run directory is <output_dir>/knn/<name>/ (letters, digits, . _ -)",
-                    default="default")
-    output_dir: str = doc("root directory of all runs and exports (path)", default="checkpoints")
-    progress_bar: bool = doc("show progress on the main process (bool)", default=True)
-
-    def as_run_config(self) -> RunConfig:
-        """The shared run block, for the shared accelerate/run-dir functions (and its name check)."""
-        return RunConfig(name=self.name, output_dir=self.output_dir, progress_bar=self.progress_bar)
-
-    def __post_init__(self) -> None:
-        self.as_run_config()
-
-
 @dataclass(frozen=True)
 class KNNDataConfig:
     path: str = doc("prepared dataset: a version directory, or its parent holding LATEST (path)",
@@ -127,7 +110,7 @@ class KNNSearchConfig:
 
 @dataclass(frozen=True)
 class KNNConfig:
-    run: KNNRunConfig = doc("run name and output dir", default_factory=KNNRunConfig)
+    run: FitRunConfig = doc("run name and output dir", default_factory=FitRunConfig)
     data: KNNDataConfig = doc("prepared dataset, splits and model pool", default_factory=KNNDataConfig)
     select: KNNSearchConfig = doc("hyperparameter grid searched on the select split",
                                   default_factory=KNNSearchConfig)
@@ -152,25 +135,16 @@ def main(argv: list[str] | None = None) -> dict:
     # ------------------------------------------------------------------------------------------------
     # 3. Data: a prompt x model score table per split, and the prompts' embeddings
     # ------------------------------------------------------------------------------------------------
-    data = load_prepared(cfg.data.path)
-    missing = [split for split in cfg.data.index_splits if split not in data.prompts]
-    if missing:
-        raise DataError(f"{data.path}: no split {', '.join(missing)} (has {', '.join(data.prompts)}); set "
-                        f"data.index_splits.")
-    pool = pool_of(data, cfg.data.models, cfg.data.pairs_as_outcomes)
-    if len(pool) < 2:
-        raise DataError(f"{data.path}: {len(pool)} scored model(s) ({', '.join(pool) or 'none'}); routing needs "
-                        f"at least 2. Add an outcome source (or preference pairs) to the data config.")
-    embedding_of = data.embedding_index()
-    index_ids, index_scores, counts = scores_over_splits(data, list(cfg.data.index_splits), pool,
-                                                         cfg.data.pairs_as_outcomes)
+    scored = load_scored_prompts(cfg.data.path, list(cfg.data.index_splits), cfg.data.models, cfg.data.pairs_as_outcomes,
+                                 "data.index_splits")
+    data, pool, index_ids, index_scores = scored.data, scored.pool, scored.prompt_ids, scored.scores
 
     # ------------------------------------------------------------------------------------------------
     # 4. Hyperparameters: grid search, leave-one-out over every indexed prompt: a kNN router predicts
     #    each indexed prompt from the others for free, so the search scores thousands of held-out
     #    predictions instead of the few hundred prompts of a validation split.
     # ------------------------------------------------------------------------------------------------
-    router = KNNRouter(np.stack([embedding_of[p] for p in index_ids]), index_scores)
+    router = KNNRouter(scored.embeddings, index_scores)
     grid = [KNNSettings(k, alpha, weighting, cfg.select.temperature)
             for k, alpha, weighting in itertools.product(cfg.select.k, cfg.select.prior_strength, cfg.select.weighting)]
     search: list[dict] = []
@@ -217,7 +191,7 @@ def main(argv: list[str] | None = None) -> dict:
             encoder=data.encoder, repo_dir=REPO_DIR, tracking=tracking.to_dict(),
             data={"path": str(data.path), "name": data.manifest.get("name"), "version": data.manifest.get("version"),
                   "fingerprint": data.fingerprint, "indexed_prompts": len(index_ids),
-                  "index_splits": list(cfg.data.index_splits), **counts},
+                  "index_splits": list(cfg.data.index_splits), **scored.counts},
             training={**world_description(accelerator), "search": search, "selection_pairs": len(pairs),
                       "chosen": best.__dict__, "train_samples": int((~np.isnan(index_scores)).sum())},
             metrics=metrics,

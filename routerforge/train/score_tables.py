@@ -9,10 +9,11 @@ score a candidate by the quantity users route on: the mean APGR over the pool's 
 from __future__ import annotations
 
 import itertools
+from dataclasses import dataclass
 
 import numpy as np
 
-from routerforge.data.dataset_io import PreparedDataset
+from routerforge.data.dataset_io import PreparedDataset, load_prepared
 from routerforge.errors import DataError
 from routerforge.eval.binary import binary_headline_metrics
 
@@ -96,6 +97,35 @@ def scores_over_splits(data: PreparedDataset, splits: list[str], pool: list[str]
         raise DataError(f"{data.path}: {', '.join(unscored)} have no score in {', '.join(splits)}; drop them with "
                         f"data.models or add their outcomes.")
     return ids, scores, counts
+
+
+@dataclass(frozen=True)
+class ScoredPrompts:
+    """What a fit-in-one-pass family trains on: the pool, one score row and one embedding per prompt."""
+
+    data: PreparedDataset
+    pool: list[str]
+    prompt_ids: list[str]
+    scores: np.ndarray  # [prompts, models], NaN = unscored
+    embeddings: np.ndarray  # [prompts, dim] float32
+    counts: dict[str, int]  # rows by origin: outcome_rows, pair_results
+
+
+def load_scored_prompts(path: str, splits: list[str], models: list[str] | None, pairs_as_outcomes: bool,
+                        splits_key: str) -> ScoredPrompts:
+    """The prepared dataset at `path` as a score table over `splits` (`splits_key` names the config key in errors)."""
+    data = load_prepared(path)
+    missing = [split for split in splits if split not in data.prompts]
+    if missing:
+        raise DataError(f"{data.path}: no split {', '.join(missing)} (has {', '.join(data.prompts)}); set "
+                        f"{splits_key}.")
+    pool = pool_of(data, models, pairs_as_outcomes)
+    if len(pool) < 2:
+        raise DataError(f"{data.path}: {len(pool)} scored model(s) ({', '.join(pool) or 'none'}); routing needs "
+                        f"at least 2. Add an outcome source (or preference pairs) to the data config.")
+    embedding_of = data.embedding_index()
+    ids, scores, counts = scores_over_splits(data, list(splits), pool, pairs_as_outcomes)
+    return ScoredPrompts(data, pool, ids, scores, np.stack([embedding_of[p] for p in ids]), counts)
 
 
 def pool_of(data: PreparedDataset, models: list[str] | None, pairs_as_outcomes: bool) -> list[str]:
