@@ -244,7 +244,8 @@ def test_default_and_tiny_configs_parse_with_their_documented_values():
     config_cls = load_recipe_module("train_cluster").ClusterConfig
     default = load_config(config_cls, REPO_ROOT / "configs/cluster/default.yaml")
     assert default.clusters.num_clusters == 32 and default.clusters.init == "kmeans++"
-    assert default.data.table_split == "validation" and default.routing.cost_weight == 0.0
+    assert default.data.table_split == "train" and default.data.eval_split == "validation"
+    assert default.routing.cost_weight == 0.0
     tiny = load_config(config_cls, REPO_ROOT / CONFIG, ["routing.cost_weight=250"])
     assert tiny.costs.prices[STRONG_MODEL].output_usd_per_million_tokens == 30.0
     assert tiny.routing.cost_weight == 250.0 and tiny.clusters.num_clusters == 6
