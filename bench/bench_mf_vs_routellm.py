@@ -208,6 +208,7 @@ def run_ours(inputs: dict, work: Path, seed: int, epochs: int, threads: int, ove
            f"model.model_embedding_dim={HYPERPARAMETERS['dim']}", f"model.prompt_noise_std={HYPERPARAMETERS['alpha']}",
            f"optim.lr={HYPERPARAMETERS['lr']}", f"optim.weight_decay={HYPERPARAMETERS['weight_decay']}",
            "loss.use_source_weights=false", "loss.ties=drop", "run.eval_every_optimizer_steps=0",
+           "run.early_stopping_patience_evals=0", "run.time_budget_minutes=null",
            "run.progress_bar=false", "tracking.report_to=none", "checkpoint.every_optimizer_steps=0", *overrides]
     wall, rss = run_child(cmd, work / f"ours-s{seed}.log", threads)
     export_dir = out_dir / "mf" / name / "final"

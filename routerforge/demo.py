@@ -27,12 +27,15 @@ DEMO_DATA = "data/processed/demo"
 # (title, script, config, overrides): the demo sizes of the recipes' default configs.
 TRAINING_STEPS = [
     ("train the matrix factorization router (RouteLLM)", "training/train_mf.py", "configs/mf/default.yaml",
-     ["run.name=demo", "run.epochs=50", "resume=auto", "tracking.report_to=tensorboard"]),
+     # the demo's 1k pairs: RouteLLM's batch and lr (the default config is sized for 100k+ pairs)
+     ["run.name=demo", "run.epochs=50", "run.micro_batch_size=64", "optim.lr=3e-4",
+      "run.early_stopping_patience_evals=0", "resume=auto", "tracking.report_to=tensorboard"]),
     ("train the difficulty router (BEST-Route heads on the packaged all-MiniLM-L6-v2)", "training/train_difficulty.py",
      "configs/difficulty/default.yaml",
      # CPU-sized: 40 optimizer steps of 16 prompts at <= 128 tokens (~1.5 min on 2 quiet cores)
      ["run.name=demo", "run.max_optimizer_steps=40", "run.micro_batch_size=16", "model.max_seq_tokens=128",
-      "optim.warmup_optimizer_steps=8", "run.eval_every_optimizer_steps=0", "resume=auto",
+      "optim.lr=5e-5", "optim.warmup_fraction=0.2", "run.eval_every_optimizer_steps=0",
+      "run.early_stopping_patience_evals=0", "resume=auto",
       "tracking.report_to=tensorboard"]),
     ("train the cluster router (UniRoute)", "training/train_cluster.py", "configs/cluster/default.yaml",
      # 8 clusters with a 5-outcome prior: the demo's validation split is small (see the config's comment)
@@ -48,6 +51,7 @@ TRAINING_STEPS = [
     ("train the probe router (P(weak model correct), MiniLM stand-in)", "training/train_probe.py",
      "configs/probe/default.yaml",
      [f"features.dataset={DEMO_DATA}", "features.eval_sets=[mmlu]", "data.report_sets=[eval/mmlu]",
+      "data.sources=[mmlu]",
       "run.name=demo", "resume=auto", "tracking.report_to=tensorboard"]),
 ]
 

@@ -242,8 +242,16 @@ def read_outcome_sets(data, cfg: ProbeDataConfig) -> tuple[OutcomeSet, OutcomeSe
                 reports.append(found)
     for s in (train, select):
         if not s.prompt_ids:
-            raise DataError(f"{data.path}: split '{s.name}' has no outcome of {cfg.weak_model}"
-                            f"{' in sources ' + ','.join(cfg.sources) if cfg.sources else ''}; check data.weak_model.")
+            rows = split_rows(s.name)
+            weak_sources = sorted({r.get("source") for r in rows if r["model"] == cfg.weak_model} - {None})
+            if cfg.sources and weak_sources:  # the model is there, the source filter removed it
+                raise DataError(f"{data.path}: split '{s.name}' has outcomes of {cfg.weak_model} only in sources "
+                                f"{', '.join(weak_sources)}, none in data.sources={list(cfg.sources)}; set "
+                                f"data.sources to some of them, or to [] for all.")
+            models = sorted({r["model"] for r in rows})
+            raise DataError(f"{data.path}: split '{s.name}' has no outcome of data.weak_model={cfg.weak_model} (its "
+                            f"models: {', '.join(models[:10])}{' ...' if len(models) > 10 else ''}); set "
+                            f"data.weak_model to one of them.")
     return train, select, reports
 
 
@@ -602,6 +610,11 @@ def main(argv: list[str] | None = None) -> dict:
 
         select_p = p_correct(select_rows)
         probe_p = {rs.name: p_correct(report_rows[rs.name]) for rs in report_sets}
+        if not report_sets:
+            print(f"note: no report set has outcomes of {cfg.data.weak_model} (data.report_sets="
+                  f"{list(cfg.data.report_sets)}; an empty split such as a 0-size test split counts as none): the "
+                  f"report holds the selection split only. Add a split or eval/<name> to data.report_sets.",
+                  flush=True)
         report_dir = run_dir / "report"
         report = build_report(store, names[best], temperature, probe_p, select_set, select_rows, report_sets,
                               report_rows, cfg, table, report_dir)
