@@ -65,7 +65,7 @@ from routerforge.train.consistency import parameter_digests, refuse_sharded_weig
 from routerforge.train.data_loading import batches_for_epoch, build_train_loader, normalize_position
 from routerforge.train.entrypoint import run_recipe
 from routerforge.train.export import build_manifest, export_router
-from routerforge.train.optimization import build_lr_scheduler, build_optimizer
+from routerforge.train.optimization import build_lr_scheduler, build_optimizer, warmup_steps_for
 from routerforge.train.run_config import (
     RESUME_HELP,
     CheckpointConfig,
@@ -77,6 +77,7 @@ from routerforge.train.run_config import (
     parse_recipe_args,
     run_dir_for,
 )
+from routerforge.train.run_plan import EtaReporter, announce_plan
 from routerforge.train.tracking import finish_tracking, new_run_id, start_tracking
 
 RECIPE = "probe"
@@ -433,6 +434,10 @@ def build_report(store, chosen_name: str, temperature: float, probe_p: dict[str,
 
 def main(argv: list[str] | None = None) -> dict:
     cfg = parse_recipe_args(ProbeConfig, argv, description=__doc__.splitlines()[0])
+    if cfg.run.early_stopping_patience_evals or cfg.run.early_stopping_metric != "auto":
+        raise ConfigError("run.early_stopping_* is not used by the probe recipe: it trains every (kind, layer, "
+                          "pooling) candidate together and picks the best on data.select_split after training; "
+                          "shorten it with run.epochs.")
     if cfg.optim.max_grad_norm > 0:
         raise ConfigError("optim.max_grad_norm must be 0 for probes: global clipping would couple the candidates "
                           "trained together in one ProbeBank.")
@@ -495,6 +500,9 @@ def main(argv: list[str] | None = None) -> dict:
     if cfg.run.max_optimizer_steps is not None:
         total_optimizer_steps = min(total_optimizer_steps, cfg.run.max_optimizer_steps)
     scheduler = accelerator.prepare(build_lr_scheduler(optimizer, cfg.optim, total_optimizer_steps))
+    announce_plan(accelerator, RECIPE, total_optimizer_steps=total_optimizer_steps, steps_per_epoch=steps_per_epoch,
+                  epochs=cfg.run.epochs, warmup_steps=warmup_steps_for(cfg.optim, total_optimizer_steps),
+                  early_stopping=False)
 
     # ------------------------------------------------------------------------------------------------
     # 6. Resume
@@ -529,6 +537,7 @@ def main(argv: list[str] | None = None) -> dict:
     window = torch.zeros(2, device=accelerator.device)
     last_train_loss, history = float("nan"), []
     loop_started = time.perf_counter()
+    eta = EtaReporter(accelerator, RECIPE, optimizer_step, total_optimizer_steps, cfg.run.time_budget_minutes)
     model.train()
     while optimizer_step < total_optimizer_steps and epoch < cfg.run.epochs:
         for rows, target in batches_for_epoch(accelerator, train_loader, epoch, batches_done):
@@ -550,6 +559,7 @@ def main(argv: list[str] | None = None) -> dict:
             scheduler.step()
             optimizer_step += 1
             progress.update(1)
+            eta.observe(optimizer_step)
             if (skipped or optimizer_step % cfg.tracking.log_every_optimizer_steps == 0
                     or optimizer_step == total_optimizer_steps):
                 loss_sum, loss_count = accelerator.reduce(window, reduction="sum").tolist()
