@@ -433,7 +433,8 @@ def main(argv: list[str] | None = None) -> dict:
     window_parts: dict[str, tuple] = {}  # head -> (sum of batch losses, batches with its labels)
     last_train_loss, history = float("nan"), []
     samples_seen, loop_started = 0, time.perf_counter()
-    eta = EtaReporter(accelerator, RECIPE, optimizer_step, total_optimizer_steps, cfg.run.time_budget_minutes)
+    eta = EtaReporter(accelerator, RECIPE, optimizer_step, total_optimizer_steps, cfg.run.time_budget_minutes,
+                      early_stopping=bool(stopper and cfg.run.early_stopping_patience_evals))
     eval_history = []
     router.train()
     while optimizer_step < total_optimizer_steps and epoch < cfg.run.epochs and not (stopper and stopper.stopped_early):

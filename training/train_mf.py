@@ -322,7 +322,8 @@ def main(argv: list[str] | None = None) -> dict:
     unwrapped = accelerator.unwrap_model(model)
     progress = tqdm(total=total_optimizer_steps, initial=optimizer_step, desc="mf", unit="step",
                     disable=not (accelerator.is_main_process and cfg.run.progress_bar))
-    eta = EtaReporter(accelerator, RECIPE, optimizer_step, total_optimizer_steps, cfg.run.time_budget_minutes)
+    eta = EtaReporter(accelerator, RECIPE, optimizer_step, total_optimizer_steps, cfg.run.time_budget_minutes,
+                      early_stopping=bool(stopper and cfg.run.early_stopping_patience_evals))
     # Loss sum and count of the finite micro-batches since the last log, summed over processes at log time
     # (no per-step host sync for logging).
     window = torch.zeros(2, device=accelerator.device)

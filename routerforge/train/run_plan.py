@@ -42,34 +42,46 @@ class EtaReporter:
     """Prints, once, the projected duration of the remaining steps and a budget warning (main process)."""
 
     def __init__(self, accelerator: Accelerator, recipe: str, first_step: int, total_optimizer_steps: int,
-                 budget_minutes: float | None) -> None:
+                 budget_minutes: float | None, early_stopping: bool = False) -> None:
         self.accelerator = accelerator
         self.recipe = recipe
         self.first_step = first_step
         self.total = total_optimizer_steps
         self.budget_minutes = budget_minutes
+        self.early_stopping = early_stopping
         self.started = time.perf_counter()
+        self.timed_from: tuple[int, float] | None = None  # (step, clock) after the first step
         self.reported = False
 
     def observe(self, optimizer_step: int) -> str | None:
-        """Call after each optimizer step; returns (and prints) the report the first time it is due."""
+        """Call after each optimizer step; returns (and prints) the report the first time it is due.
+
+        The rate is measured from the end of the first step on: the first step pays one-time costs (lazy
+        imports, allocator warm-up) that would inflate the projection.
+        """
         if self.reported:
             return None
-        done = optimizer_step - self.first_step
-        elapsed = time.perf_counter() - self.started
+        now = time.perf_counter()
+        if self.timed_from is None:
+            self.timed_from = (optimizer_step, now)
+            return None
+        timed_step, timed_clock = self.timed_from
+        done, elapsed = optimizer_step - timed_step, now - timed_clock
         if done < 1 or (elapsed < ETA_AFTER_SECONDS and done < ETA_AFTER_FRACTION * (self.total - self.first_step)):
             return None
         self.reported = True
         remaining_seconds = elapsed / done * (self.total - optimizer_step)
         finish = datetime.now(timezone.utc) + timedelta(seconds=remaining_seconds)
+        upper = "at most " if self.early_stopping else ""
         message = (f"{self.recipe}: {done:,} optimizer steps in {elapsed:.1f} s; the remaining "
-                   f"{self.total - optimizer_step:,} would take ~{remaining_seconds / 60:.1f} min (ETA "
+                   f"{self.total - optimizer_step:,} would take {upper}~{remaining_seconds / 60:.1f} min (ETA "
                    f"{finish:%H:%M} UTC; evaluations and checkpoints not included)")
-        projected_minutes = (elapsed + remaining_seconds) / 60
+        projected_minutes = (now - self.started + remaining_seconds) / 60
         if self.budget_minutes is not None and projected_minutes > self.budget_minutes:
-            message += (f"\nwarning: the projected training time, {projected_minutes:.1f} min, exceeds "
+            advice = ("early stopping may end it sooner" if self.early_stopping else
+                      "or enable early stopping (run.early_stopping_patience_evals)")
+            message += (f"\nwarning: the projected training time, {upper}{projected_minutes:.1f} min, exceeds "
                         f"run.time_budget_minutes={self.budget_minutes:g}; lower run.epochs or "
-                        f"run.max_optimizer_steps, raise run.micro_batch_size, or enable early stopping "
-                        f"(run.early_stopping_patience_evals). The run continues.")
+                        f"run.max_optimizer_steps, raise run.micro_batch_size; {advice}. The run continues.")
         self.accelerator.print(message, flush=True)
         return message

@@ -43,13 +43,14 @@ class _Printer:
 def test_eta_is_reported_once_with_a_budget_warning(monkeypatch):
     import routerforge.train.run_plan as run_plan
 
-    clock = iter([0.0, 1.0, 6.0, 7.0])
+    clock = iter([0.0, 3.0, 4.0, 9.0, 10.0])
     monkeypatch.setattr(run_plan.time, "perf_counter", lambda: next(clock))
     printer = _Printer()
     eta = EtaReporter(printer, "mf", first_step=0, total_optimizer_steps=1000, budget_minutes=0.5)
-    assert eta.observe(1) is None  # 1 s, 0.1% of the run: too early to extrapolate
-    message = eta.observe(10)  # 6 s for 10 steps -> 990 more take ~594 s
-    assert "the remaining 990 would take ~9.9 min" in message
+    assert eta.observe(1) is None  # the first step (3 s of one-time costs) only starts the timer
+    assert eta.observe(2) is None  # 1 s, 1 step: too early to extrapolate
+    message = eta.observe(11)  # 6 s for 10 steps after the first -> 989 more take ~593 s
+    assert "the remaining 989 would take ~9.9 min" in message
     assert "exceeds run.time_budget_minutes=0.5" in message and "The run continues" in message
     assert eta.observe(20) is None and printer.lines == [message]
 
