@@ -18,7 +18,11 @@ docstring lists exactly what replicates RouteLLM's `__main__` block and what dif
 Ours: `training/train_mf.py --config configs/mf/default.yaml` (the recipe users run, RouteLLM's paper
 settings: dim 128, projection, noise 0.1, Adam lr 3e-4, weight decay 1e-5, batch 64) as a subprocess,
 with `loss.use_source_weights=false` (RouteLLM has no per-pair weights), `loss.ties=drop` (its filter),
-no step checkpoints, no tracker, evaluation only after the loop.
+no step checkpoints, no tracker, evaluation only after the loop, no early stopping. `--ours-overrides`
+appends key=value overrides for our side only (e.g. the default config's batch 4096, lr 1e-2 and early
+stopping, against RouteLLM's paper settings); `--eval-sets/--strong/--weak` pick the held-out tables and
+the routed pair (e.g. an MMLU-Pro table: `--eval-sets ori_mmlu --strong gpt-4o --weak
+Meta-Llama-3_1-8B-Instruct`). With early stopping, "per epoch" is ours' loop time over the epochs it trained.
 
 Same inputs on both sides: the prepared dataset's train pairs (RouteLLM gets them as its
 pairwise_data.json: model_a, model_b, winner, idx), its validation pairs as the test set, the stored
@@ -47,7 +51,8 @@ gpt-4-1106-preview, weak = Mixtral-8x7B-Instruct (RouteLLM's pair), on the same 
 prompts (the dataset's encoder, through the embedding cache). APGR via routerforge.eval.binary (exact
 curve; RouteLLM's 10-point trapezoid estimates the same integral). Random = 0.5; oracle from the outcomes.
 
---explain: where our per-step time goes. In this process, on the same pairs, it times one epoch of
+--explain: where our per-step time went in the DataLoader-based loop the recipe used before its
+tensor-batch loop (routerforge/train/tensor_batches.py); kept to show what each change bought. In this process, on the same pairs, it times one epoch of
 (a) a bare PyTorch loop like RouteLLM's (our MFModel, DataLoader over the pair tensors, Adam), and
 (b) a replica of train_mf.py's step (accelerate.prepare'd model/optimizer/loader/scheduler,
 `accelerator.accumulate`, source-weighted BCE, nan_guard, backward, step, loss window, scheduler step),

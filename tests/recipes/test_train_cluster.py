@@ -300,3 +300,15 @@ def test_two_processes_really_run_and_build_the_same_router(mmlu_data, tiny_run,
     one_weights, _, _ = read_export(tiny_run[1])
     for name, tensor in one_weights.items():
         torch.testing.assert_close(weights[name], tensor, rtol=0, atol=1e-6)
+
+
+def test_default_splits_and_a_table_without_costs_give_one_warning_line(mmlu_data, tmp_path, capsys):
+    # The default config's splits (table from train, evaluation on validation), and no price for any model.
+    run_recipe_in_process("train_cluster", tiny_argv(mmlu_data, tmp_path, "data.table_split=train",
+                                                     "data.eval_split=validation", "costs.prices={}"))
+    cost_lines = [line for line in capsys.readouterr().out.splitlines() if "no cost" in line]
+    assert len(cost_lines) == 1 and "no cost for 2 of 2 models" in cost_lines[0]
+    assert STRONG_MODEL in cost_lines[0] and WEAK_MODEL in cost_lines[0]
+    _, _, manifest = read_export(tmp_path / "cluster" / "cluster-tiny" / "final")
+    assert manifest["data"]["table_split_per_model"] == {STRONG_MODEL: "train", WEAK_MODEL: "train"}
+    assert manifest["metrics"]  # evaluated on the validation split
