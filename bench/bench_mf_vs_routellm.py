@@ -18,7 +18,11 @@ docstring lists exactly what replicates RouteLLM's `__main__` block and what dif
 Ours: `training/train_mf.py --config configs/mf/default.yaml` (the recipe users run, RouteLLM's paper
 settings: dim 128, projection, noise 0.1, Adam lr 3e-4, weight decay 1e-5, batch 64) as a subprocess,
 with `loss.use_source_weights=false` (RouteLLM has no per-pair weights), `loss.ties=drop` (its filter),
-no step checkpoints, no tracker, evaluation only after the loop.
+no step checkpoints, no tracker, evaluation only after the loop, no early stopping. `--ours-overrides`
+appends key=value overrides for our side only (e.g. the default config's batch 4096, lr 1e-2 and early
+stopping, against RouteLLM's paper settings); `--eval-sets/--strong/--weak` pick the held-out tables and
+the routed pair (e.g. an MMLU-Pro table: `--eval-sets ori_mmlu --strong gpt-4o --weak
+Meta-Llama-3_1-8B-Instruct`). With early stopping, "per epoch" is ours' loop time over the epochs it trained.
 
 Same inputs on both sides: the prepared dataset's train pairs (RouteLLM gets them as its
 pairwise_data.json: model_a, model_b, winner, idx), its validation pairs as the test set, the stored
@@ -47,7 +51,8 @@ gpt-4-1106-preview, weak = Mixtral-8x7B-Instruct (RouteLLM's pair), on the same 
 prompts (the dataset's encoder, through the embedding cache). APGR via routerforge.eval.binary (exact
 curve; RouteLLM's 10-point trapezoid estimates the same integral). Random = 0.5; oracle from the outcomes.
 
---explain: where our per-step time goes. In this process, on the same pairs, it times one epoch of
+--explain: where our per-step time went in the DataLoader-based loop the recipe used before its
+tensor-batch loop (routerforge/train/tensor_batches.py); kept to show what each change bought. In this process, on the same pairs, it times one epoch of
 (a) a bare PyTorch loop like RouteLLM's (our MFModel, DataLoader over the pair tensors, Adam), and
 (b) a replica of train_mf.py's step (accelerate.prepare'd model/optimizer/loader/scheduler,
 `accelerator.accumulate`, source-weighted BCE, nan_guard, backward, step, loss window, scheduler step),
@@ -131,7 +136,7 @@ def encoder_config_of(data):
     return EncoderConfig(**block)
 
 
-def build_inputs(data_path: Path, work: Path) -> dict:
+def build_inputs(data_path: Path, work: Path, eval_set_names: list[str], strong: str, weak: str) -> dict:
     """Write the embedding matrix and RouteLLM's pair files; return the eval columns and rows."""
     import numpy as np
 
@@ -148,8 +153,8 @@ def build_inputs(data_path: Path, work: Path) -> dict:
         raise SystemExit(f"{data.path}: encoder {data.encoder['id']} is not the one its config.yaml builds")
 
     eval_sets, blocks, next_row = {}, [train_matrix.numpy()], train_matrix.shape[0]
-    for name in EVAL_SETS:
-        cols = strong_weak_columns(load_outcome_table(data.path / "eval" / f"{name}.jsonl"), STRONG, WEAK)
+    for name in eval_set_names:
+        cols = strong_weak_columns(load_outcome_table(data.path / "eval" / f"{name}.jsonl"), strong, weak)
         emb = embed_texts(list(cols.prompts), encoder_cfg, encoder=encoder)
         blocks.append(emb)
         eval_sets[name] = {"rows": list(range(next_row, next_row + len(emb))), "embeddings": emb,
@@ -193,7 +198,7 @@ def run_child(cmd: list[str], log: Path, threads: int) -> tuple[float, int]:
     return wall, json.loads(usage_path.read_text())["maxrss_kib"] * 1024
 
 
-def run_ours(inputs: dict, work: Path, seed: int, epochs: int, threads: int) -> dict:
+def run_ours(inputs: dict, work: Path, seed: int, epochs: int, threads: int, overrides: list[str]) -> dict:
     import numpy as np
     import torch
 
@@ -208,7 +213,8 @@ def run_ours(inputs: dict, work: Path, seed: int, epochs: int, threads: int) -> 
            f"model.model_embedding_dim={HYPERPARAMETERS['dim']}", f"model.prompt_noise_std={HYPERPARAMETERS['alpha']}",
            f"optim.lr={HYPERPARAMETERS['lr']}", f"optim.weight_decay={HYPERPARAMETERS['weight_decay']}",
            "loss.use_source_weights=false", "loss.ties=drop", "run.eval_every_optimizer_steps=0",
-           "run.progress_bar=false", "tracking.report_to=none", "checkpoint.every_optimizer_steps=0"]
+           "run.early_stopping_patience_evals=0", "run.time_budget_minutes=null",
+           "run.progress_bar=false", "tracking.report_to=none", "checkpoint.every_optimizer_steps=0", *overrides]
     wall, rss = run_child(cmd, work / f"ours-s{seed}.log", threads)
     export_dir = out_dir / "mf" / name / "final"
     manifest = json.loads((export_dir / "manifest.json").read_text())
@@ -221,12 +227,16 @@ def run_ours(inputs: dict, work: Path, seed: int, epochs: int, threads: int) -> 
     scores = {}
     for set_name, ev in inputs["eval_sets"].items():
         n = len(ev["rows"])
-        strong = torch.full((n,), pool.index(STRONG), dtype=torch.int64)
-        weak = torch.full((n,), pool.index(WEAK), dtype=torch.int64)
+        strong = torch.full((n,), pool.index(inputs["strong"]), dtype=torch.int64)
+        weak = torch.full((n,), pool.index(inputs["weak"]), dtype=torch.int64)
         scores[set_name] = model.win_probability(strong, weak, torch.from_numpy(np.asarray(ev["embeddings"]))).tolist()
     training = manifest["training"]
     loop = training["train_loop_seconds"]
-    return {"epoch_seconds": loop / epochs, "first_epoch_seconds": None, "loop_seconds": loop,
+    # Epochs actually trained: early stopping or run.max_optimizer_steps may end the run before `epochs`.
+    epochs_trained = training["optimizer_steps"] / training["optimizer_steps_per_epoch"]
+    return {"epoch_seconds": loop / epochs_trained, "first_epoch_seconds": None, "loop_seconds": loop,
+            "epochs_trained": epochs_trained, "steps_per_epoch": training["optimizer_steps_per_epoch"],
+            "micro_batch_size": manifest["config"]["run"]["micro_batch_size"],
             "wall_seconds": wall, "peak_rss_bytes": rss, "train_pairs": manifest["data"]["train_pairs"],
             "optimizer_steps": training["optimizer_steps"], "val_accuracy": manifest["metrics"].get("validation_accuracy"),
             "val_loss": manifest["metrics"].get("validation_loss"), "scores": scores}
@@ -236,7 +246,7 @@ def run_routellm(python: Path, inputs: dict, work: Path, seed: int, epochs: int,
     spec = {"embeddings_npy": str(inputs["npy"]), "train_pairs": str(inputs["train_json"]),
             "test_pairs": str(inputs["test_json"]), "model_pool": inputs["data"].models, "seed": seed,
             "torch_threads": threads, "hyperparameters": {**HYPERPARAMETERS, "num_epochs": epochs},
-            "strong_model": STRONG, "weak_model": WEAK,
+            "strong_model": inputs["strong"], "weak_model": inputs["weak"],
             "score_rows": {name: ev["rows"] for name, ev in inputs["eval_sets"].items()}}
     spec_path, out_path = work / f"routellm-spec-s{seed}.json", work / f"routellm-out-s{seed}.json"
     spec_path.write_text(json.dumps(spec))
@@ -246,6 +256,7 @@ def run_routellm(python: Path, inputs: dict, work: Path, seed: int, epochs: int,
     per_epoch = out["epoch_train_seconds"]
     steady = per_epoch[1:] or per_epoch  # epoch 0 holds Adam's construction (torch._dynamo import)
     return {"epoch_seconds": statistics.mean(steady), "first_epoch_seconds": per_epoch[0],
+            "epochs_trained": len(per_epoch),
             "loop_seconds": sum(per_epoch), "wall_seconds": wall, "peak_rss_bytes": rss,
             "train_pairs": out["train_pairs"], "val_accuracy": out["final_test_accuracy"],
             "val_loss": out["final_test_loss"], "scores": out["scores"],
@@ -391,14 +402,17 @@ def report(inputs: dict, runs: dict, args: argparse.Namespace) -> dict:
     def med(side, key):
         return statistics.median(r[key] for r in side)
 
-    steps = ours[0]["optimizer_steps"] // args.epochs
+    steps = ours[0]["steps_per_epoch"]
+    their_steps = -(-theirs[0]["train_pairs"] // HYPERPARAMETERS["batch_size"])
     lines = [
         f"MF training: RouterForge training/train_mf.py vs routellm {theirs[0]['versions']['routellm']} train_loops "
         f"(torch {theirs[0]['versions']['torch']} both), CPU, torch threads {args.threads}",
-        f"data {inputs['data'].path}: {ours[0]['train_pairs']} decisive train pairs ({steps} batches of "
-        f"{HYPERPARAMETERS['batch_size']} per epoch), validation pairs as the test set",
-        f"epochs {args.epochs}; seeds {' '.join(map(str, args.seeds))} (times: median over seeds; "
-        f"quality: mean ± std over seeds)",
+        f"data {inputs['data'].path}: {ours[0]['train_pairs']} decisive train pairs (ours {steps} batches of "
+        f"{ours[0]['micro_batch_size']}, routellm {their_steps} batches of {HYPERPARAMETERS['batch_size']} per "
+        f"epoch), validation pairs as the test set",
+        f"epochs {args.epochs} (ours trained {statistics.median(r['epochs_trained'] for r in ours):g}); "
+        f"ours' overrides: {' '.join(args.ours_overrides) or 'none (paper settings)'}; seeds "
+        f"{' '.join(map(str, args.seeds))} (times: median over seeds; quality: mean ± std over seeds)",
         "",
         f"{'':44}{'ours':>16}{'routellm':>16}{'routellm/ours':>15}   (> 1: ours faster / smaller)",
     ]
@@ -411,7 +425,7 @@ def report(inputs: dict, runs: dict, args: argparse.Namespace) -> dict:
         o, t = med(ours, key) * scale, med(theirs, key) * scale
         rows[key] = {"ours": o, "routellm": t, "ratio_routellm_over_ours": t / o}
         lines.append(f"{label:44}{fmt.format(o):>16}{fmt.format(t):>16}{t / o:>14.2f}x")
-    o_rate, t_rate = steps / med(ours, "epoch_seconds"), steps / med(theirs, "epoch_seconds")
+    o_rate, t_rate = steps / med(ours, "epoch_seconds"), their_steps / med(theirs, "epoch_seconds")
     rows["optimizer_steps_per_second"] = {"ours": o_rate, "routellm": t_rate}
     lines.append(f"{'optimizer steps/s, steady':44}{o_rate:>16.0f}{t_rate:>16.0f}")
     lines.append(f"{'  routellm epoch 0 (+ Adam -> torch._dynamo)':44}{'-':>16}"
@@ -421,7 +435,7 @@ def report(inputs: dict, runs: dict, args: argparse.Namespace) -> dict:
     lines.append(f"{'validation pair accuracy':44}{mean_std([r['val_accuracy'] for r in ours]):>16}"
                  f"{mean_std([r['val_accuracy'] for r in theirs]):>16}")
     lines.append("")
-    lines.append(f"{'APGR, strong ' + STRONG + ' / weak Mixtral':44}{'ours':>16}{'routellm':>16}"
+    lines.append(f"{'APGR, strong ' + inputs['strong'] + ' / weak ' + inputs['weak']:44}{'ours':>16}{'routellm':>16}"
                  f"{'random':>8}{'oracle':>8}{'n':>6}")
     quality = {}
     for name, ev in inputs["eval_sets"].items():
@@ -444,6 +458,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--epochs", type=int, default=100, help="epochs per run (RouteLLM: 100)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44], help="one run of each side per seed")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads on both sides")
+    parser.add_argument("--eval-sets", nargs="+", default=list(EVAL_SETS),
+                        help="held-out outcome tables of the dataset (eval/<name>.jsonl) to compute APGR on")
+    parser.add_argument("--strong", default=STRONG, help="strong model of the routed pair (APGR)")
+    parser.add_argument("--weak", default=WEAK, help="weak model of the routed pair (APGR)")
+    parser.add_argument("--ours-overrides", nargs="*", default=[],
+                        help="extra key=value overrides for our recipe only (e.g. its default batch and lr; "
+                             "routellm keeps the paper settings); they win over the paper settings")
     parser.add_argument("--explain", action="store_true", help="also time the recipe's step piece by piece")
     parser.add_argument("--explain-rounds", type=int, default=9, help="interleaved rounds of --explain")
     parser.add_argument("--venv", type=Path, default=DEFAULT_VENV, help="where the routellm venv lives (reused)")
@@ -462,13 +483,14 @@ def main(argv: list[str] | None = None) -> dict:
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="bench-mf-routellm-"))
     work.mkdir(parents=True, exist_ok=True)
     try:
-        inputs = build_inputs(data_path, work)
+        inputs = {**build_inputs(data_path, work, args.eval_sets, args.strong, args.weak),
+                  "strong": args.strong, "weak": args.weak}
         runs = {"ours": [], "routellm": []}
         for i, seed in enumerate(args.seeds):
             # Alternate which side goes first, so slow drift of a shared machine hits both alike.
             order = ("ours", "routellm") if i % 2 == 0 else ("routellm", "ours")
             for side in order:
-                result = (run_ours(inputs, work, seed, args.epochs, args.threads) if side == "ours"
+                result = (run_ours(inputs, work, seed, args.epochs, args.threads, args.ours_overrides) if side == "ours"
                           else run_routellm(python, inputs, work, seed, args.epochs, args.threads))
                 runs[side].append(result)
                 print(f"seed {seed} {side}: {result['epoch_seconds'] * 1e3:.2f} ms/epoch, loop "

@@ -31,16 +31,21 @@ TRAINING_STEPS = [
     ("train the linear router (a logistic head per model on the prompt embedding; C by cross-validation)",
      "training/train_linear.py", "configs/linear/default.yaml", ["run.name=demo", "tracking.report_to=tensorboard"]),
     ("train the matrix factorization router (RouteLLM)", "training/train_mf.py", "configs/mf/default.yaml",
-     ["run.name=demo", "run.epochs=50", "resume=auto", "tracking.report_to=tensorboard"]),
+     # the demo's 1k pairs: RouteLLM's batch and lr (the default config is sized for 100k+ pairs)
+     ["run.name=demo", "run.epochs=50", "run.micro_batch_size=64", "optim.lr=3e-4",
+      "run.eval_every_optimizer_steps=500", "run.early_stopping_patience_evals=0", "run.keep_best=false",
+      "resume=auto", "tracking.report_to=tensorboard"]),
     ("train the difficulty router (BEST-Route heads on the packaged all-MiniLM-L6-v2)", "training/train_difficulty.py",
      "configs/difficulty/default.yaml",
      # CPU-sized: 40 optimizer steps of 16 prompts at <= 128 tokens (~1.5 min on 2 quiet cores)
      ["run.name=demo", "run.max_optimizer_steps=40", "run.micro_batch_size=16", "model.max_seq_tokens=128",
-      "optim.warmup_optimizer_steps=8", "run.eval_every_optimizer_steps=0", "resume=auto",
+      "optim.lr=5e-5", "optim.warmup_fraction=0.2", "run.eval_every_optimizer_steps=0",
+      "run.early_stopping_patience_evals=0", "resume=auto",
       "tracking.report_to=tensorboard"]),
     ("train the cluster router (UniRoute)", "training/train_cluster.py", "configs/cluster/default.yaml",
      # 8 clusters with a 5-outcome prior: the demo's validation split is small (see the config's comment)
      ["run.name=demo", "clusters.num_clusters=8", "table.prior_pseudo_count=5", "tracking.report_to=tensorboard",
+      "data.table_split=validation", "data.eval_split=test",  # the demo's documented results: UniRoute's table
       "costs.prices_file=data/prices/routerarena/model_cost/cost.json",
       # RouterArena lists Mixtral as mistralai/mixtral-8x7b-instruct: its price under our model name
       "costs.prices={mistralai/Mixtral-8x7B-Instruct-v0.1: "
@@ -52,6 +57,7 @@ TRAINING_STEPS = [
     ("train the probe router (P(weak model correct), MiniLM stand-in)", "training/train_probe.py",
      "configs/probe/default.yaml",
      [f"features.dataset={DEMO_DATA}", "features.eval_sets=[mmlu]", "data.report_sets=[eval/mmlu]",
+      "data.sources=[mmlu]",
       "run.name=demo", "resume=auto", "tracking.report_to=tensorboard"]),
 ]
 

@@ -63,7 +63,7 @@ from routerforge.models.difficulty_data import (
     outcome_samples,
 )
 from routerforge.registry.export import register_run_export
-from routerforge.train import checkpointing, faults, nan_guard
+from routerforge.train import checkpointing, early_stopping, faults, nan_guard
 from routerforge.train.accelerator_setup import (
     build_accelerator,
     peak_accelerator_memory_bytes,
@@ -80,7 +80,7 @@ from routerforge.train.data_loading import (
 )
 from routerforge.train.entrypoint import run_recipe
 from routerforge.train.export import build_manifest, export_router
-from routerforge.train.optimization import build_lr_scheduler, build_optimizer
+from routerforge.train.optimization import build_lr_scheduler, build_optimizer, warmup_steps_for
 from routerforge.train.pair_data import TIE_RULES
 from routerforge.train.run_config import (
     RESUME_HELP,
@@ -93,6 +93,7 @@ from routerforge.train.run_config import (
     parse_recipe_args,
     run_dir_for,
 )
+from routerforge.train.run_plan import EtaReporter, announce_plan
 from routerforge.train.sharded_models import full_state_dict, is_fsdp
 from routerforge.train.tracking import finish_tracking, new_run_id, start_tracking
 
@@ -376,6 +377,16 @@ def main(argv: list[str] | None = None) -> dict:
     if cfg.run.max_optimizer_steps is not None:
         total_optimizer_steps = min(total_optimizer_steps, cfg.run.max_optimizer_steps)
     scheduler = accelerator.prepare(build_lr_scheduler(optimizer, cfg.optim, total_optimizer_steps))
+    # Early stopping / keep-best: the routing metric (which model of a pair is better: win-head accuracy) when
+    # the win heads are trained, else the candidate heads' validation loss, else the difficulty MSE.
+    eval_metrics = (["win_loss", "win_accuracy"] if use_win else []) + (
+        ["candidates_loss", "candidates_mae"] if use_candidates else []) + (["difficulty_mse"] if use_difficulty else [])
+    stop_metric = (early_stopping.resolve_metric(cfg.run.early_stopping_metric, eval_metrics[1] if use_win
+                                                 else eval_metrics[0], eval_metrics, RECIPE)
+                   if eval_loader is not None else None)
+    announce_plan(accelerator, RECIPE, total_optimizer_steps=total_optimizer_steps, steps_per_epoch=steps_per_epoch,
+                  epochs=cfg.run.epochs, warmup_steps=warmup_steps_for(cfg.optim, total_optimizer_steps),
+                  early_stopping=bool(cfg.run.early_stopping_patience_evals and stop_metric))
 
     # ------------------------------------------------------------------------------------------------
     # 6. Resume: model, optimizer, scheduler, every process's RNG, dataloader position, step counters
@@ -392,6 +403,11 @@ def main(argv: list[str] | None = None) -> dict:
         accelerator.print(f"resumed from {resume_from} (optimizer step {optimizer_step}, epoch {epoch}, "
                           f"micro-batch {batches_done})")
     guard = nan_guard.guard_for_run(cfg.run.max_consecutive_nonfinite_steps, state)
+    stopper = (early_stopping.EarlyStopping.resumed(state.early_stopping if state else None, stop_metric,
+                                                    cfg.run.early_stopping_patience_evals,
+                                                    cfg.run.early_stopping_min_delta)
+               if stop_metric and cfg.run.eval_every_optimizer_steps else None)
+    best_state = early_stopping.load_best_weights(resume_from) if resume_from is not None else None
 
     def trainer_state() -> checkpointing.TrainerState:
         return checkpointing.TrainerState(
@@ -399,7 +415,12 @@ def main(argv: list[str] | None = None) -> dict:
             world_size=accelerator.num_processes, micro_batch_size=cfg.run.micro_batch_size,
             gradient_accumulation_steps=cfg.run.gradient_accumulation_steps, data_fingerprint=data.fingerprint,
             tracking_run_id=tracking_run_id, seed=cfg.run.seed, skipped_nonfinite_steps=guard.skipped_steps,
-            consecutive_nonfinite_steps=guard.consecutive_skipped_steps)
+            consecutive_nonfinite_steps=guard.consecutive_skipped_steps,
+            early_stopping=stopper.to_dict() if stopper else None)
+
+    def save_step_checkpoint() -> Path:
+        return checkpointing.save_checkpoint(accelerator, run_dir, trainer_state(), keep_last=cfg.checkpoint.keep_last,
+                                             extra_files=lambda d: early_stopping.save_best_weights(best_state, d))
 
     # ------------------------------------------------------------------------------------------------
     # 7. Training loop
@@ -412,8 +433,11 @@ def main(argv: list[str] | None = None) -> dict:
     window_parts: dict[str, tuple] = {}  # head -> (sum of batch losses, batches with its labels)
     last_train_loss, history = float("nan"), []
     samples_seen, loop_started = 0, time.perf_counter()
+    eta = EtaReporter(accelerator, RECIPE, optimizer_step, total_optimizer_steps, cfg.run.time_budget_minutes,
+                      early_stopping=bool(stopper and cfg.run.early_stopping_patience_evals))
+    eval_history = []
     router.train()
-    while optimizer_step < total_optimizer_steps and epoch < cfg.run.epochs:
+    while optimizer_step < total_optimizer_steps and epoch < cfg.run.epochs and not (stopper and stopper.stopped_early):
         for batch in batches_for_epoch(accelerator, train_loader, epoch, batches_done):
             with accelerator.accumulate(router):
                 outputs = router(batch["input_ids"], batch["attention_mask"])
@@ -437,6 +461,7 @@ def main(argv: list[str] | None = None) -> dict:
             scheduler.step()  # a skipped step keeps its schedule slot: the LR stays a function of the step number
             optimizer_step += 1
             progress.update(1)
+            eta.observe(optimizer_step)
 
             if (skipped or optimizer_step % cfg.tracking.log_every_optimizer_steps == 0
                     or optimizer_step == total_optimizer_steps):
@@ -458,18 +483,29 @@ def main(argv: list[str] | None = None) -> dict:
                     and optimizer_step % cfg.run.eval_every_optimizer_steps == 0):
                 metrics = evaluate(accelerator, unwrapped, eval_loader)
                 accelerator.log({f"eval/{k}": v for k, v in metrics.items()}, step=optimizer_step)
+                eval_history.append({"optimizer_step": optimizer_step, **metrics})
+                # Every process sees the same gathered metrics, so every process takes the same branch (the
+                # FSDP gather inside is a collective).
+                if stopper.update(metrics, optimizer_step) and cfg.run.keep_best:
+                    best_state = early_stopping.cpu_copy(full_state_dict(accelerator, router) if is_fsdp(accelerator)
+                                                         else unwrapped.state_dict())
+                if stopper.stopped_early:
+                    accelerator.print(f"{RECIPE}: early stop at optimizer step {optimizer_step}: validation "
+                                      f"{stop_metric} has not improved for {stopper.evaluations_since_best} "
+                                      f"evaluations (best {stopper.best_value:.4f} at step "
+                                      f"{stopper.best_optimizer_step})", flush=True)
             if cfg.checkpoint.every_optimizer_steps and optimizer_step % cfg.checkpoint.every_optimizer_steps == 0:
-                checkpointing.save_checkpoint(accelerator, run_dir, trainer_state(), keep_last=cfg.checkpoint.keep_last)
+                save_step_checkpoint()
             faults.maybe_hang(run_dir, optimizer_step, accelerator.process_index)
             if nan_guard.must_stop(guard):  # diverged: keep the last good weights and stop with exit status 3
-                saved = checkpointing.save_checkpoint(accelerator, run_dir, trainer_state(),
-                                                      keep_last=cfg.checkpoint.keep_last)
+                saved = save_step_checkpoint()
                 progress.close()
                 finish_tracking(accelerator)
                 raise nan_guard.stop_error(guard, optimizer_step, saved)
-            if optimizer_step >= total_optimizer_steps:
+            if optimizer_step >= total_optimizer_steps or (stopper and stopper.stopped_early):
                 break
-        epoch, batches_done = epoch + 1, 0
+        else:
+            epoch, batches_done = epoch + 1, 0
     progress.close()
     loop_seconds = time.perf_counter() - loop_started
     total_samples = int(accelerator.reduce(torch.tensor(samples_seen, device=accelerator.device),
@@ -479,9 +515,9 @@ def main(argv: list[str] | None = None) -> dict:
     # 8. Final evaluation, cross-process weight check, export (main process only)
     # ------------------------------------------------------------------------------------------------
     accelerator.wait_for_everyone()
-    final_eval = evaluate(accelerator, unwrapped, eval_loader) if eval_loader is not None else {}
-    if final_eval:
-        accelerator.log({f"eval/{k}": v for k, v in final_eval.items()}, step=optimizer_step)
+    last_step_eval = evaluate(accelerator, unwrapped, eval_loader) if eval_loader is not None else {}
+    if last_step_eval:
+        accelerator.log({f"eval/{k}": v for k, v in last_step_eval.items()}, step=optimizer_step)
     digests = parameter_digests(accelerator, router)
     if len(set(digests)) != 1:
         raise RuntimeError(f"processes ended with different weights (sha256 per process: {digests}); "
@@ -489,13 +525,26 @@ def main(argv: list[str] | None = None) -> dict:
     # Under FSDP2 no process holds the whole router: gather it to the main process (a collective: every process
     # calls it), which loads it into a plain copy built like section 4's and exports that (launch/README.md note 4).
     full_state = full_state_dict(accelerator, router) if is_fsdp(accelerator) else None
+    final_eval, exported = last_step_eval, "last"
+    if best_state is not None and cfg.run.keep_best:  # export the best evaluation's weights, not the last step's
+        exported = "best"
+        if full_state is not None:
+            full_state = best_state
+        else:
+            unwrapped.load_state_dict(best_state)
+            final_eval = evaluate(accelerator, unwrapped, eval_loader)
+    if exported == "best" and full_state is not None:  # the gathered best weights were evaluated when recorded
+        final_eval = next(e for e in eval_history if e["optimizer_step"] == stopper.best_optimizer_step)
+        final_eval = {k: v for k, v in final_eval.items() if k != "optimizer_step"}
+    stopping = {**stopper.to_dict(), "exported": exported, "last_step_metrics": last_step_eval,
+                "eval_history": eval_history} if stopper else None
     export_dir = export_dir_for(cfg.run, cfg.export, RECIPE)
     throughput = {"train_samples": total_samples, "train_loop_seconds": loop_seconds,
                   "train_samples_per_second": total_samples / loop_seconds if loop_seconds > 0 else float("nan"),
                   "peak_accelerator_memory_bytes": peak_accelerator_memory_bytes()}
     result = {"export_dir": str(export_dir), "run_dir": str(run_dir), "optimizer_steps": optimizer_step,
               "tracking": tracking.to_dict(), "metrics": final_eval, "throughput": throughput,
-              "skipped_nonfinite_steps": guard.skipped_steps}
+              "skipped_nonfinite_steps": guard.skipped_steps, "early_stopping": stopping}
     if accelerator.is_main_process:
         if full_state is not None:
             unwrapped = plain_router_from_state(cfg, head_spec, full_state)
@@ -519,6 +568,7 @@ def main(argv: list[str] | None = None) -> dict:
                       "resumed_from": str(resume_from) if resume_from else None,
                       "trainable_parameters": sum(p.numel() for p in unwrapped.parameters() if p.requires_grad),
                       "frozen_unused_parameters": frozen_unused, "param_sha256_per_process": digests,
+                      "optimizer_steps_per_epoch": steps_per_epoch, "early_stopping": stopping,
                       "loss_history": history, "skipped_nonfinite_steps": guard.skipped_steps, **throughput},
             metrics={"train_loss": last_train_loss, **{f"{cfg.data.eval_split}_{k}": v for k, v in final_eval.items()}},
         )

@@ -22,6 +22,7 @@ Exit status: 0 trained and exported; 2 a user error (one line: config, data, che
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -30,9 +31,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
-from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from routerforge.config import config_to_dict, doc
@@ -40,7 +39,7 @@ from routerforge.data.dataset_io import load_prepared
 from routerforge.errors import CheckpointError, DataError
 from routerforge.models.mf import MFModel, extend_model_pool, freeze_all_but_new_models, new_model_l2_penalty
 from routerforge.registry.export import register_run_export
-from routerforge.train import checkpointing, faults, nan_guard
+from routerforge.train import checkpointing, early_stopping, faults, nan_guard
 from routerforge.train.accelerator_setup import (
     build_accelerator,
     peak_accelerator_memory_bytes,
@@ -49,16 +48,11 @@ from routerforge.train.accelerator_setup import (
     world_description,
 )
 from routerforge.train.consistency import parameter_digests, refuse_sharded_weights
-from routerforge.train.data_loading import (
-    batches_for_epoch,
-    build_eval_loader,
-    build_train_loader,
-    normalize_position,
-)
+from routerforge.train.data_loading import normalize_position
 from routerforge.train.entrypoint import run_recipe
 from routerforge.train.export import CONFIG_FILE, build_manifest, export_router, load_export_weights
-from routerforge.train.optimization import build_lr_scheduler, build_optimizer
-from routerforge.train.pair_data import TIE_RULES, collate_gathered, pairs_to_tensors, prompt_embedding_matrix
+from routerforge.train.optimization import build_lr_scheduler, build_optimizer, warmup_steps_for
+from routerforge.train.pair_data import TIE_RULES, PairTensors, pairs_to_tensors, prompt_embedding_matrix
 from routerforge.train.run_config import (
     RESUME_HELP,
     CheckpointConfig,
@@ -70,6 +64,8 @@ from routerforge.train.run_config import (
     parse_recipe_args,
     run_dir_for,
 )
+from routerforge.train.run_plan import EtaReporter, announce_plan
+from routerforge.train.tensor_batches import TensorBatches
 from routerforge.train.tracking import finish_tracking, new_run_id, start_tracking
 
 RECIPE = "mf"
@@ -162,23 +158,32 @@ def load_base_router(export_dir: Path, encoder: dict) -> tuple[MFModel, list[str
     return model, list(config["model_pool"])
 
 
+EVAL_CHUNK_PAIRS = 65536  # pairs per forward pass in evaluation (memory, not results)
+
+
 @torch.no_grad()
-def evaluate(accelerator: Accelerator, model: MFModel, loader: DataLoader, prompt_embeddings: torch.Tensor) -> dict:
-    """Mean BCE and accuracy (on decisive pairs) over the whole split, gathered from every process."""
+def evaluate(model: MFModel, pairs: PairTensors, prompt_embeddings: torch.Tensor) -> dict:
+    """Mean BCE and accuracy (on decisive pairs) over the whole split.
+
+    Every process evaluates the whole split (no collective): for a model this small, one pass over even
+    100k+ pairs costs milliseconds, and every process gets the same numbers, which early stopping needs.
+    """
     model.eval()
-    losses, correct = [], []
-    for model_a, model_b, rows, target, _weight in loader:
-        logits = model(model_a, model_b, prompt_embeddings[rows]).float()
-        loss = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
-        loss, logits, target = accelerator.gather_for_metrics((loss, logits, target))
-        losses.append(loss)
+    device = prompt_embeddings.device
+    loss_sum, correct, decisive_count = 0.0, 0, 0
+    for start in range(0, len(pairs), EVAL_CHUNK_PAIRS):
+        chunk = slice(start, start + EVAL_CHUNK_PAIRS)
+        target = pairs.target[chunk].to(device)
+        logits = model(pairs.model_a[chunk].to(device), pairs.model_b[chunk].to(device),
+                       prompt_embeddings[pairs.prompt_row[chunk].to(device)]).float()
+        loss_sum += float(F.binary_cross_entropy_with_logits(logits, target, reduction="sum"))
         decisive = target != 0.5
-        correct.append(((logits > 0) == (target > 0.5))[decisive])
+        correct += int(((logits > 0) == (target > 0.5))[decisive].sum())
+        decisive_count += int(decisive.sum())
     model.train()
-    all_losses, all_correct = torch.cat(losses), torch.cat(correct)
-    return {"loss": all_losses.mean().item(),
-            "accuracy": all_correct.float().mean().item() if len(all_correct) else float("nan"),
-            "pairs": int(all_losses.numel())}
+    return {"loss": loss_sum / max(len(pairs), 1),
+            "accuracy": correct / decisive_count if decisive_count else float("nan"),
+            "pairs": len(pairs)}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -241,10 +246,15 @@ def main(argv: list[str] | None = None) -> dict:
     eval_pairs = (pairs_to_tensors(data.pairs[cfg.data.eval_split], model_index, prompt_row, cfg.loss.ties,
                                    cfg.loss.use_source_weights, where=f"{data.path} pairs/{cfg.data.eval_split}")
                   if cfg.data.eval_split else None)
-    train_loader = build_train_loader(train_pairs.dataset(), cfg.run.micro_batch_size, cfg.run.seed,
-                                      collate_fn=collate_gathered)
-    eval_loader = (build_eval_loader(eval_pairs.dataset(), cfg.run.micro_batch_size, collate_fn=collate_gathered)
-                   if eval_pairs is not None and len(eval_pairs) else None)
+    if eval_pairs is not None and not len(eval_pairs):
+        eval_pairs = None
+    # Early stopping / keep-best: the routing metric (which of two models is better: accuracy on decisive
+    # pairs) where the split has decisive pairs, else the validation loss.
+    has_decisive = eval_pairs is not None and bool((eval_pairs.target != 0.5).any())
+    stop_metric = (early_stopping.resolve_metric(cfg.run.early_stopping_metric,
+                                                 "accuracy" if has_decisive else "loss",
+                                                 ["loss", "accuracy"] if has_decisive else ["loss"], RECIPE)
+                   if eval_pairs is not None else None)
 
     # ------------------------------------------------------------------------------------------------
     # 5. Optimizer and LR schedule (in optimizer steps)
@@ -253,16 +263,24 @@ def main(argv: list[str] | None = None) -> dict:
     # Frozen rows must get no weight decay from the optimizer: decay the new rows through the loss instead.
     optimizer = build_optimizer(trainable, cfg.optim, weight_decay=0.0 if num_frozen_models else None)
     seed_for_training(cfg.run.seed, accelerator)
-    model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
-    if eval_loader is not None:
-        eval_loader = accelerator.prepare(eval_loader)
+    model, optimizer = accelerator.prepare(model, optimizer)
     prompt_embeddings = prompt_embeddings.to(accelerator.device)
-    batches_per_epoch = len(train_loader)  # per process
-    steps_per_epoch = math.ceil(batches_per_epoch / cfg.run.gradient_accumulation_steps)
+    # The whole pair table lives on the device; each micro-batch is one gather per column (no DataLoader:
+    # its per-step cost dominated this tiny model's step). Same batches as the DataLoader path, same sharding.
+    train_batches = TensorBatches(
+        tuple(t.to(accelerator.device) for t in (train_pairs.model_a, train_pairs.model_b, train_pairs.prompt_row,
+                                                 train_pairs.target, train_pairs.weight)),
+        cfg.run.micro_batch_size, cfg.run.seed, accelerator.process_index, accelerator.num_processes)
+    batches_per_epoch = len(train_batches)  # per process
+    accumulation = cfg.run.gradient_accumulation_steps
+    steps_per_epoch = math.ceil(batches_per_epoch / accumulation)
     total_optimizer_steps = cfg.run.epochs * steps_per_epoch
     if cfg.run.max_optimizer_steps is not None:
         total_optimizer_steps = min(total_optimizer_steps, cfg.run.max_optimizer_steps)
     scheduler = accelerator.prepare(build_lr_scheduler(optimizer, cfg.optim, total_optimizer_steps))
+    announce_plan(accelerator, RECIPE, total_optimizer_steps=total_optimizer_steps, steps_per_epoch=steps_per_epoch,
+                  epochs=cfg.run.epochs, warmup_steps=warmup_steps_for(cfg.optim, total_optimizer_steps),
+                  early_stopping=bool(cfg.run.early_stopping_patience_evals and stop_metric))
 
     # ------------------------------------------------------------------------------------------------
     # 6. Resume: model, optimizer, scheduler, every process's RNG, dataloader position, step counters
@@ -279,6 +297,11 @@ def main(argv: list[str] | None = None) -> dict:
         accelerator.print(f"resumed from {resume_from} (optimizer step {optimizer_step}, epoch {epoch}, "
                           f"micro-batch {batches_done})")
     guard = nan_guard.guard_for_run(cfg.run.max_consecutive_nonfinite_steps, state)
+    stopper = (early_stopping.EarlyStopping.resumed(state.early_stopping if state else None, stop_metric,
+                                                    cfg.run.early_stopping_patience_evals,
+                                                    cfg.run.early_stopping_min_delta)
+               if stop_metric and cfg.run.eval_every_optimizer_steps else None)
+    best_state = early_stopping.load_best_weights(resume_from) if resume_from is not None else None
 
     def trainer_state() -> checkpointing.TrainerState:
         return checkpointing.TrainerState(
@@ -286,7 +309,12 @@ def main(argv: list[str] | None = None) -> dict:
             world_size=accelerator.num_processes, micro_batch_size=cfg.run.micro_batch_size,
             gradient_accumulation_steps=cfg.run.gradient_accumulation_steps, data_fingerprint=data.fingerprint,
             tracking_run_id=tracking_run_id, seed=cfg.run.seed, skipped_nonfinite_steps=guard.skipped_steps,
-            consecutive_nonfinite_steps=guard.consecutive_skipped_steps)
+            consecutive_nonfinite_steps=guard.consecutive_skipped_steps,
+            early_stopping=stopper.to_dict() if stopper else None)
+
+    def save_step_checkpoint() -> Path:
+        return checkpointing.save_checkpoint(accelerator, run_dir, trainer_state(), keep_last=cfg.checkpoint.keep_last,
+                                             extra_files=lambda d: early_stopping.save_best_weights(best_state, d))
 
     # ------------------------------------------------------------------------------------------------
     # 7. Training loop
@@ -294,15 +322,21 @@ def main(argv: list[str] | None = None) -> dict:
     unwrapped = accelerator.unwrap_model(model)
     progress = tqdm(total=total_optimizer_steps, initial=optimizer_step, desc="mf", unit="step",
                     disable=not (accelerator.is_main_process and cfg.run.progress_bar))
-    # Loss sum and count of the finite micro-batches since the last log, summed over processes at log time.
+    eta = EtaReporter(accelerator, RECIPE, optimizer_step, total_optimizer_steps, cfg.run.time_budget_minutes,
+                      early_stopping=bool(stopper and cfg.run.early_stopping_patience_evals))
+    # Loss sum and count of the finite micro-batches since the last log, summed over processes at log time
+    # (no per-step host sync for logging).
     window = torch.zeros(2, device=accelerator.device)
-    last_train_loss, history = float("nan"), []
+    one = torch.ones((), device=accelerator.device)
+    last_train_loss, history, eval_history = float("nan"), [], []
     samples_seen, loop_started = 0, time.perf_counter()
     model.train()
-    while optimizer_step < total_optimizer_steps and epoch < cfg.run.epochs:
-        for model_a, model_b, rows, target, weight in batches_for_epoch(accelerator, train_loader, epoch,
-                                                                       batches_done):
-            with accelerator.accumulate(model):
+    while optimizer_step < total_optimizer_steps and epoch < cfg.run.epochs and not (stopper and stopper.stopped_early):
+        for model_a, model_b, rows, target, weight in train_batches.epoch(epoch, batches_done):
+            # An optimizer step every `accumulation` micro-batches and at the end of the epoch (as accelerate's
+            # gradient accumulation over a prepared DataLoader); DDP all-reduces only on that micro-batch.
+            closes_step = (batches_done + 1) % accumulation == 0 or batches_done + 1 == batches_per_epoch
+            with contextlib.nullcontext() if closes_step else accelerator.no_sync(model):
                 logits = model(model_a, model_b, prompt_embeddings[rows], noise_std=cfg.model.prompt_noise_std)
                 per_pair = F.binary_cross_entropy_with_logits(logits.float(), target, reduction="none")
                 loss = (per_pair * weight).sum() / weight.sum()  # source-weighted mean
@@ -310,20 +344,22 @@ def main(argv: list[str] | None = None) -> dict:
                     loss = loss + new_model_l2_penalty(unwrapped, num_frozen_models, cfg.optim.weight_decay)
                 # NaN/Inf on ANY process: every process skips this optimizer step (routerforge/train/nan_guard.py).
                 if nan_guard.update_allowed(guard, accelerator, loss, optimizer_step + 1):
-                    accelerator.backward(loss)
-                    if accelerator.sync_gradients and cfg.optim.max_grad_norm > 0:
-                        accelerator.clip_grad_norm_(model.parameters(), cfg.optim.max_grad_norm)
-                    optimizer.step()  # accelerate skips it until the last micro-batch of the accumulation
-                    window += torch.stack([loss.detach().float(), torch.ones((), device=accelerator.device)])
-                optimizer.zero_grad()  # at the window's end this also drops the gradients of a skipped step
+                    accelerator.backward(loss)  # divided by gradient_accumulation_steps
+                    window += torch.stack([loss.detach().float(), one])
             batches_done += 1
             samples_seen += int(target.shape[0])
-            if not accelerator.sync_gradients:
+            if not closes_step:
                 continue
             skipped = nan_guard.close_optimizer_step(guard)
+            if not skipped:
+                if cfg.optim.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(model.parameters(), cfg.optim.max_grad_norm)
+                optimizer.step()
+            optimizer.zero_grad()  # also drops the gradients of a skipped step
             scheduler.step()  # a skipped step keeps its schedule slot: the LR stays a function of the step number
             optimizer_step += 1
             progress.update(1)
+            eta.observe(optimizer_step)
 
             if (skipped or optimizer_step % cfg.tracking.log_every_optimizer_steps == 0
                     or optimizer_step == total_optimizer_steps):
@@ -336,22 +372,30 @@ def main(argv: list[str] | None = None) -> dict:
                                 "skipped_nonfinite": skipped})
                 progress.set_postfix(loss=f"{last_train_loss:.4f}")
                 window = torch.zeros(2, device=accelerator.device)
-            if (eval_loader is not None and cfg.run.eval_every_optimizer_steps
+            if (eval_pairs is not None and cfg.run.eval_every_optimizer_steps
                     and optimizer_step % cfg.run.eval_every_optimizer_steps == 0):
-                metrics = evaluate(accelerator, unwrapped, eval_loader, prompt_embeddings)
+                metrics = evaluate(unwrapped, eval_pairs, prompt_embeddings)
                 accelerator.log({f"eval/{k}": v for k, v in metrics.items()}, step=optimizer_step)
+                eval_history.append({"optimizer_step": optimizer_step, **metrics})
+                if stopper.update(metrics, optimizer_step) and cfg.run.keep_best:
+                    best_state = early_stopping.cpu_copy(unwrapped.state_dict())
+                if stopper.stopped_early:
+                    accelerator.print(f"{RECIPE}: early stop at optimizer step {optimizer_step}: validation "
+                                      f"{stop_metric} has not improved for {stopper.evaluations_since_best} "
+                                      f"evaluations (best {stopper.best_value:.4f} at step "
+                                      f"{stopper.best_optimizer_step})", flush=True)
             if cfg.checkpoint.every_optimizer_steps and optimizer_step % cfg.checkpoint.every_optimizer_steps == 0:
-                checkpointing.save_checkpoint(accelerator, run_dir, trainer_state(), keep_last=cfg.checkpoint.keep_last)
+                save_step_checkpoint()
             faults.maybe_hang(run_dir, optimizer_step, accelerator.process_index)
             if nan_guard.must_stop(guard):  # diverged: keep the last good weights and stop with exit status 3
-                saved = checkpointing.save_checkpoint(accelerator, run_dir, trainer_state(),
-                                                      keep_last=cfg.checkpoint.keep_last)
+                saved = save_step_checkpoint()
                 progress.close()
                 finish_tracking(accelerator)
                 raise nan_guard.stop_error(guard, optimizer_step, saved)
-            if optimizer_step >= total_optimizer_steps:
+            if optimizer_step >= total_optimizer_steps or (stopper and stopper.stopped_early):
                 break
-        epoch, batches_done = epoch + 1, 0
+        else:
+            epoch, batches_done = epoch + 1, 0
     progress.close()
     loop_seconds = time.perf_counter() - loop_started
     total_samples = int(accelerator.reduce(torch.tensor(samples_seen, device=accelerator.device),
@@ -361,9 +405,15 @@ def main(argv: list[str] | None = None) -> dict:
     # 8. Final evaluation, cross-process weight check, export (main process only)
     # ------------------------------------------------------------------------------------------------
     accelerator.wait_for_everyone()
-    final_eval = evaluate(accelerator, unwrapped, eval_loader, prompt_embeddings) if eval_loader is not None else {}
-    if final_eval:
-        accelerator.log({f"eval/{k}": v for k, v in final_eval.items()}, step=optimizer_step)
+    last_step_eval = evaluate(unwrapped, eval_pairs, prompt_embeddings) if eval_pairs is not None else {}
+    if last_step_eval:
+        accelerator.log({f"eval/{k}": v for k, v in last_step_eval.items()}, step=optimizer_step)
+    export_state, final_eval = unwrapped.state_dict(), last_step_eval
+    if best_state is not None and cfg.run.keep_best:  # the best evaluation's weights, not the last step's
+        best_model = MFModel(len(model_pool), int(data.encoder["dim"]), unwrapped.config()["model_embedding_dim"],
+                             unwrapped.config()["use_projection"]).to(accelerator.device)
+        best_model.load_state_dict(best_state)
+        export_state, final_eval = best_state, evaluate(best_model, eval_pairs, prompt_embeddings)
     digests = parameter_digests(accelerator, model)
     if len(set(digests)) != 1:
         raise RuntimeError(f"processes ended with different weights (sha256 per process: {digests}); "
@@ -372,9 +422,11 @@ def main(argv: list[str] | None = None) -> dict:
     throughput = {"train_samples": total_samples, "train_loop_seconds": loop_seconds,
                   "train_samples_per_second": total_samples / loop_seconds if loop_seconds > 0 else float("nan"),
                   "peak_accelerator_memory_bytes": peak_accelerator_memory_bytes()}
+    stopping = {**stopper.to_dict(), "exported": "best" if export_state is best_state else "last",
+                "last_step_metrics": last_step_eval, "eval_history": eval_history} if stopper else None
     result = {"export_dir": str(export_dir), "run_dir": str(run_dir), "optimizer_steps": optimizer_step,
               "tracking": tracking.to_dict(), "metrics": final_eval, "throughput": throughput,
-              "skipped_nonfinite_steps": guard.skipped_steps}
+              "skipped_nonfinite_steps": guard.skipped_steps, "early_stopping": stopping}
     if accelerator.is_main_process:
         model_config = {"router_type": RECIPE, "model_pool": model_pool, **unwrapped.config()}
         manifest = build_manifest(
@@ -386,13 +438,14 @@ def main(argv: list[str] | None = None) -> dict:
                   "eval_pairs": len(eval_pairs) if eval_pairs is not None else 0},
             training={**world_description(accelerator), "optimizer_steps": optimizer_step,
                       "total_optimizer_steps": total_optimizer_steps, "epochs": cfg.run.epochs,
+                      "optimizer_steps_per_epoch": steps_per_epoch,
                       "resumed_from": str(resume_from) if resume_from else None,
                       "base_router": cfg.init.from_export, "frozen_models": model_pool[:num_frozen_models],
                       "param_sha256_per_process": digests, "loss_history": history,
-                      "skipped_nonfinite_steps": guard.skipped_steps, **throughput},
+                      "skipped_nonfinite_steps": guard.skipped_steps, "early_stopping": stopping, **throughput},
             metrics={"train_loss": last_train_loss, **{f"{cfg.data.eval_split}_{k}": v for k, v in final_eval.items()}},
         )
-        export_router(export_dir, unwrapped.state_dict(), model_config, manifest)
+        export_router(export_dir, export_state, model_config, manifest)
         registered = register_run_export(cfg.export, export_dir, cfg.run.output_dir)
         if registered is not None:
             print(f"registered checkpoint: {registered}")

@@ -65,7 +65,7 @@ from routerforge.train.consistency import parameter_digests, refuse_sharded_weig
 from routerforge.train.data_loading import batches_for_epoch, build_train_loader, normalize_position
 from routerforge.train.entrypoint import run_recipe
 from routerforge.train.export import build_manifest, export_router
-from routerforge.train.optimization import build_lr_scheduler, build_optimizer
+from routerforge.train.optimization import build_lr_scheduler, build_optimizer, warmup_steps_for
 from routerforge.train.run_config import (
     RESUME_HELP,
     CheckpointConfig,
@@ -77,6 +77,7 @@ from routerforge.train.run_config import (
     parse_recipe_args,
     run_dir_for,
 )
+from routerforge.train.run_plan import EtaReporter, announce_plan
 from routerforge.train.tracking import finish_tracking, new_run_id, start_tracking
 
 RECIPE = "probe"
@@ -242,8 +243,16 @@ def read_outcome_sets(data, cfg: ProbeDataConfig) -> tuple[OutcomeSet, OutcomeSe
                 reports.append(found)
     for s in (train, select):
         if not s.prompt_ids:
-            raise DataError(f"{data.path}: split '{s.name}' has no outcome of {cfg.weak_model}"
-                            f"{' in sources ' + ','.join(cfg.sources) if cfg.sources else ''}; check data.weak_model.")
+            rows = split_rows(s.name)
+            weak_sources = sorted({r.get("source") for r in rows if r["model"] == cfg.weak_model} - {None})
+            if cfg.sources and weak_sources:  # the model is there, the source filter removed it
+                raise DataError(f"{data.path}: split '{s.name}' has outcomes of {cfg.weak_model} only in sources "
+                                f"{', '.join(weak_sources)}, none in data.sources={list(cfg.sources)}; set "
+                                f"data.sources to some of them, or to [] for all.")
+            models = sorted({r["model"] for r in rows})
+            raise DataError(f"{data.path}: split '{s.name}' has no outcome of data.weak_model={cfg.weak_model} (its "
+                            f"models: {', '.join(models[:10])}{' ...' if len(models) > 10 else ''}); set "
+                            f"data.weak_model to one of them.")
     return train, select, reports
 
 
@@ -425,6 +434,10 @@ def build_report(store, chosen_name: str, temperature: float, probe_p: dict[str,
 
 def main(argv: list[str] | None = None) -> dict:
     cfg = parse_recipe_args(ProbeConfig, argv, description=__doc__.splitlines()[0])
+    if cfg.run.early_stopping_patience_evals or cfg.run.early_stopping_metric != "auto":
+        raise ConfigError("run.early_stopping_* is not used by the probe recipe: it trains every (kind, layer, "
+                          "pooling) candidate together and picks the best on data.select_split after training; "
+                          "shorten it with run.epochs.")
     if cfg.optim.max_grad_norm > 0:
         raise ConfigError("optim.max_grad_norm must be 0 for probes: global clipping would couple the candidates "
                           "trained together in one ProbeBank.")
@@ -487,6 +500,9 @@ def main(argv: list[str] | None = None) -> dict:
     if cfg.run.max_optimizer_steps is not None:
         total_optimizer_steps = min(total_optimizer_steps, cfg.run.max_optimizer_steps)
     scheduler = accelerator.prepare(build_lr_scheduler(optimizer, cfg.optim, total_optimizer_steps))
+    announce_plan(accelerator, RECIPE, total_optimizer_steps=total_optimizer_steps, steps_per_epoch=steps_per_epoch,
+                  epochs=cfg.run.epochs, warmup_steps=warmup_steps_for(cfg.optim, total_optimizer_steps),
+                  early_stopping=False)
 
     # ------------------------------------------------------------------------------------------------
     # 6. Resume
@@ -521,6 +537,7 @@ def main(argv: list[str] | None = None) -> dict:
     window = torch.zeros(2, device=accelerator.device)
     last_train_loss, history = float("nan"), []
     loop_started = time.perf_counter()
+    eta = EtaReporter(accelerator, RECIPE, optimizer_step, total_optimizer_steps, cfg.run.time_budget_minutes)
     model.train()
     while optimizer_step < total_optimizer_steps and epoch < cfg.run.epochs:
         for rows, target in batches_for_epoch(accelerator, train_loader, epoch, batches_done):
@@ -542,6 +559,7 @@ def main(argv: list[str] | None = None) -> dict:
             scheduler.step()
             optimizer_step += 1
             progress.update(1)
+            eta.observe(optimizer_step)
             if (skipped or optimizer_step % cfg.tracking.log_every_optimizer_steps == 0
                     or optimizer_step == total_optimizer_steps):
                 loss_sum, loss_count = accelerator.reduce(window, reduction="sum").tolist()
@@ -602,6 +620,11 @@ def main(argv: list[str] | None = None) -> dict:
 
         select_p = p_correct(select_rows)
         probe_p = {rs.name: p_correct(report_rows[rs.name]) for rs in report_sets}
+        if not report_sets:
+            print(f"note: no report set has outcomes of {cfg.data.weak_model} (data.report_sets="
+                  f"{list(cfg.data.report_sets)}; an empty split such as a 0-size test split counts as none): the "
+                  f"report holds the selection split only. Add a split or eval/<name> to data.report_sets.",
+                  flush=True)
         report_dir = run_dir / "report"
         report = build_report(store, names[best], temperature, probe_p, select_set, select_rows, report_sets,
                               report_rows, cfg, table, report_dir)

@@ -286,7 +286,9 @@ def build_grpo_args(grpo: GRPOBlockConfig, run: RunConfig, optim: OptimConfig, c
         learning_rate=optim.lr, weight_decay=optim.weight_decay, adam_beta1=optim.betas[0],
         adam_beta2=optim.betas[1], adam_epsilon=optim.eps, optim="adamw_torch",
         max_grad_norm=optim.max_grad_norm,  # 0: HF Trainer does not clip
-        lr_scheduler_type=HF_LR_SCHEDULES[optim.lr_schedule], warmup_steps=optim.warmup_optimizer_steps,
+        lr_scheduler_type=HF_LR_SCHEDULES[optim.lr_schedule],
+        # transformers reads a float in [0, 1) as a fraction of the run's steps, an int as steps
+        warmup_steps=optim.warmup_fraction if optim.warmup_fraction is not None else optim.warmup_optimizer_steps,
         bf16=run.mixed_precision == "bf16", fp16=False,
         activation_checkpointing=grpo.gradient_checkpointing,
         save_strategy="steps" if checkpoint.every_optimizer_steps else "no",

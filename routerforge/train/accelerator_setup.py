@@ -46,7 +46,28 @@ def build_accelerator(run: RunConfig, tracking: TrackingConfig, run_dir: Path) -
     )
     check_launched_world(accelerator.num_processes)
     shard_cpu_world_if_asked(accelerator, run.mixed_precision)
+    if accelerator.device.type == "cpu":
+        threads = cpu_threads_for(run.cpu_threads_per_process, accelerator.num_processes)
+        if threads is not None:
+            torch.set_num_threads(threads)
     return accelerator
+
+
+def cpu_threads_for(configured: int | None, num_processes: int, environ: dict | None = None) -> int | None:
+    """torch threads a CPU process should use, or None to keep what the launcher set.
+
+    `accelerate launch` without `--num_cpu_threads_per_process` (and without a GPU config) exports
+    OMP_NUM_THREADS=1, so a single-process CPU run leaves every core but one idle. When the process was
+    started by `accelerate launch` (its ACCELERATE_* variables are set), runs alone and got exactly that
+    default, it uses every core available to it instead. An explicit run.cpu_threads_per_process wins.
+    """
+    environ = os.environ if environ is None else environ
+    if configured is not None:
+        return configured
+    launched_by_accelerate = "ACCELERATE_MIXED_PRECISION" in environ
+    if launched_by_accelerate and num_processes == 1 and environ.get("OMP_NUM_THREADS") == "1":
+        return len(os.sched_getaffinity(0))
+    return None
 
 
 def check_launched_world(formed: int, who: str = "accelerate") -> None:

@@ -39,6 +39,7 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -80,6 +81,8 @@ class TrainerState:
     # NaN/Inf guard counters (routerforge/train/nan_guard.py); defaults: checkpoints written before them
     skipped_nonfinite_steps: int = 0  # optimizer steps skipped for a non-finite loss, whole run
     consecutive_nonfinite_steps: int = 0  # of which in a row, ending at `optimizer_step`
+    # routerforge/train/early_stopping.py EarlyStopping.to_dict(); None: before it existed, or no evaluation
+    early_stopping: dict | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
@@ -198,11 +201,13 @@ def checkpoint_problem(checkpoint_dir: Path) -> str | None:
     return None
 
 
-def save_checkpoint(accelerator: Accelerator, run_dir: Path, state: TrainerState, keep_last: int) -> Path:
+def save_checkpoint(accelerator: Accelerator, run_dir: Path, state: TrainerState, keep_last: int,
+                    extra_files: Callable[[Path], None] | None = None) -> Path:
     """Atomically save a step checkpoint (call on EVERY process); return its final directory.
 
     Every process writes its own RNG state into the shared temporary directory; the main process then
-    writes trainer_state.json and COMPLETE and renames the directory into place.
+    writes `extra_files(directory)` (e.g. the best weights so far), trainer_state.json and COMPLETE and
+    renames the directory into place.
     """
     final = run_dir / step_dir_name(state.optimizer_step)
     tmp = run_dir / f"{TMP_PREFIX}{final.name}"
@@ -215,6 +220,8 @@ def save_checkpoint(accelerator: Accelerator, run_dir: Path, state: TrainerState
     accelerator.save_state(str(tmp))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        if extra_files is not None:
+            extra_files(tmp)
         _write_then_fsync(tmp / TRAINER_STATE_FILE, state.to_json())
         digests = checkpoint_file_digests(tmp)
         faults.maybe_kill_before_complete(state.optimizer_step)

@@ -24,9 +24,16 @@ def build_optimizer(parameters: Iterable[torch.nn.Parameter], config: OptimConfi
                          weight_decay=decay)
 
 
+def warmup_steps_for(config: OptimConfig, total_optimizer_steps: int) -> int:
+    """Warmup length in optimizer steps: `warmup_fraction` of the run when set, else `warmup_optimizer_steps`."""
+    if config.warmup_fraction is not None:
+        return int(round(config.warmup_fraction * total_optimizer_steps))
+    return config.warmup_optimizer_steps
+
+
 def lr_multiplier(optimizer_step: int, config: OptimConfig, total_optimizer_steps: int) -> float:
     """Factor applied to `config.lr` for the update made at `optimizer_step` (0-based)."""
-    warmup = config.warmup_optimizer_steps
+    warmup = warmup_steps_for(config, total_optimizer_steps)
     if optimizer_step < warmup:
         return (optimizer_step + 1) / warmup
     if config.lr_schedule == "constant":

@@ -57,6 +57,27 @@ class RunConfig:
         "an optimizer step whose loss is NaN/Inf on any process is skipped (weights unchanged, counted); after "
         "this many such steps in a row the run saves a checkpoint and stops with exit status 3 (steps)",
         default=10)
+    early_stopping_patience_evals: int = doc(
+        "stop when the validation metric has not improved for this many evaluations in a row (evaluations, "
+        "every run.eval_every_optimizer_steps); the export then holds the weights of the best evaluation. "
+        "0: train every step; the export still holds the best evaluation's weights when evaluations ran",
+        default=0)
+    early_stopping_metric: str = doc(
+        "validation metric for early stopping and keep-best export: auto (the recipe's routing metric where the "
+        "split has the labels for it, else its validation loss) or a metric name the recipe logs under eval/ "
+        "(e.g. loss, accuracy); lower is better for names containing loss/mse/mae/ece/brier, else higher",
+        default="auto")
+    early_stopping_min_delta: float = doc("an evaluation counts as an improvement only when it beats the best by "
+                                          "more than this (metric units)", default=0.0)
+    keep_best: bool = doc("export the weights of the best evaluation instead of the last step's (bool); needs "
+                          "evaluations (run.eval_every_optimizer_steps > 0)", default=True)
+    time_budget_minutes: float | None = doc(
+        "after the first optimizer steps, warn when the projected training time exceeds this (minutes); a "
+        "warning, the run continues. None: no budget", default=None)
+    cpu_threads_per_process: int | None = doc(
+        "torch intra-op threads per process on CPU (threads). None: keep the launcher's setting, except that a "
+        "single-process CPU launch left at accelerate's default of 1 thread uses every available core",
+        default=None)
 
     def __post_init__(self) -> None:
         if not _RUN_NAME.match(self.name):
@@ -77,6 +98,17 @@ class RunConfig:
         if self.max_consecutive_nonfinite_steps < 1:
             raise ValueError(f"run.max_consecutive_nonfinite_steps must be >= 1, got "
                              f"{self.max_consecutive_nonfinite_steps}")
+        if self.early_stopping_patience_evals < 0:
+            raise ValueError(f"run.early_stopping_patience_evals must be >= 0, got {self.early_stopping_patience_evals}")
+        if self.early_stopping_patience_evals and not self.eval_every_optimizer_steps:
+            raise ValueError("run.early_stopping_patience_evals needs run.eval_every_optimizer_steps > 0 (early "
+                             "stopping compares evaluations made during training)")
+        if self.early_stopping_min_delta < 0:
+            raise ValueError(f"run.early_stopping_min_delta must be >= 0, got {self.early_stopping_min_delta}")
+        if self.time_budget_minutes is not None and self.time_budget_minutes <= 0:
+            raise ValueError(f"run.time_budget_minutes must be > 0 or null, got {self.time_budget_minutes}")
+        if self.cpu_threads_per_process is not None and self.cpu_threads_per_process < 1:
+            raise ValueError(f"run.cpu_threads_per_process must be >= 1 or null, got {self.cpu_threads_per_process}")
 
 
 @dataclass(frozen=True)
@@ -114,6 +146,10 @@ class OptimConfig:
                            default="constant")
     warmup_optimizer_steps: int = doc("linear warmup from 0 to lr over this many optimizer steps (steps)",
                                       default=0)
+    warmup_fraction: float | None = doc("linear warmup over this fraction of the run's optimizer steps "
+                                        "(fraction in [0, 1)); replaces warmup_optimizer_steps, so shortening "
+                                        "the run shortens the warmup. None: use warmup_optimizer_steps",
+                                        default=None)
 
     def __post_init__(self) -> None:
         if self.name not in OPTIMIZERS:
@@ -132,6 +168,13 @@ class OptimConfig:
             raise ValueError(f"optim.lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got '{self.lr_schedule}'")
         if self.warmup_optimizer_steps < 0:
             raise ValueError(f"optim.warmup_optimizer_steps must be >= 0, got {self.warmup_optimizer_steps}")
+        if self.warmup_fraction is not None:
+            if not 0.0 <= self.warmup_fraction < 1.0:
+                raise ValueError(f"optim.warmup_fraction must be in [0, 1) or null, got {self.warmup_fraction}")
+            if self.warmup_optimizer_steps:
+                raise ValueError(f"set one of optim.warmup_fraction ({self.warmup_fraction}) and "
+                                 f"optim.warmup_optimizer_steps ({self.warmup_optimizer_steps}); set the other to "
+                                 f"{'0' if self.warmup_fraction is not None else 'null'}")
 
 
 @dataclass(frozen=True)

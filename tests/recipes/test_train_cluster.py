@@ -244,7 +244,8 @@ def test_default_and_tiny_configs_parse_with_their_documented_values():
     config_cls = load_recipe_module("train_cluster").ClusterConfig
     default = load_config(config_cls, REPO_ROOT / "configs/cluster/default.yaml")
     assert default.clusters.num_clusters == 32 and default.clusters.init == "kmeans++"
-    assert default.data.table_split == "validation" and default.routing.cost_weight == 0.0
+    assert default.data.table_split == "train" and default.data.eval_split == "validation"
+    assert default.routing.cost_weight == 0.0
     tiny = load_config(config_cls, REPO_ROOT / CONFIG, ["routing.cost_weight=250"])
     assert tiny.costs.prices[STRONG_MODEL].output_usd_per_million_tokens == 30.0
     assert tiny.routing.cost_weight == 250.0 and tiny.clusters.num_clusters == 6
@@ -299,3 +300,15 @@ def test_two_processes_really_run_and_build_the_same_router(mmlu_data, tiny_run,
     one_weights, _, _ = read_export(tiny_run[1])
     for name, tensor in one_weights.items():
         torch.testing.assert_close(weights[name], tensor, rtol=0, atol=1e-6)
+
+
+def test_default_splits_and_a_table_without_costs_give_one_warning_line(mmlu_data, tmp_path, capsys):
+    # The default config's splits (table from train, evaluation on validation), and no price for any model.
+    run_recipe_in_process("train_cluster", tiny_argv(mmlu_data, tmp_path, "data.table_split=train",
+                                                     "data.eval_split=validation", "costs.prices={}"))
+    cost_lines = [line for line in capsys.readouterr().out.splitlines() if "no cost" in line]
+    assert len(cost_lines) == 1 and "no cost for 2 of 2 models" in cost_lines[0]
+    assert STRONG_MODEL in cost_lines[0] and WEAK_MODEL in cost_lines[0]
+    _, _, manifest = read_export(tmp_path / "cluster" / "cluster-tiny" / "final")
+    assert manifest["data"]["table_split_per_model"] == {STRONG_MODEL: "train", WEAK_MODEL: "train"}
+    assert manifest["metrics"]  # evaluated on the validation split

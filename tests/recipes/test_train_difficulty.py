@@ -388,3 +388,21 @@ def test_fsdp2_run_exports_the_same_router_as_ddp(tiny_data, backbone, tmp_path)
     router, _, config = load_router(fsdp)  # verifies every file's sha256; weights compared above
     assert config["router_type"] == "difficulty"
     assert sum(p.numel() for p in router.parameters()) == sum(p.numel() for p in load_router(ddp)[0].parameters())
+
+
+def test_early_stopping_exports_the_best_evaluations_backbone_and_heads_exactly(tiny_data, backbone, tmp_path):
+    # Only the first evaluation can improve by more than min_delta: evaluations at steps 2 (best), 4, 6 -> stop.
+    stop = ["run.eval_every_optimizer_steps=2", "run.early_stopping_patience_evals=2",
+            "run.early_stopping_metric=candidates_loss", "run.early_stopping_min_delta=1.0"]
+    result = run_recipe_in_process("train_difficulty", argv(tiny_data, tmp_path / "stop", backbone, *stop))
+    assert result["optimizer_steps"] == 6
+    stopping = result["early_stopping"]
+    assert stopping["stopped_early"] and stopping["best_optimizer_step"] == 2 and stopping["exported"] == "best"
+    run_recipe_in_process("train_difficulty", argv(tiny_data, tmp_path / "two", backbone, "run.max_optimizer_steps=2"))
+    for name in ("model.safetensors", "backbone/model.safetensors"):
+        best = load_file(str(export_of(tmp_path / "stop") / name))
+        at_step_2 = load_file(str(export_of(tmp_path / "two") / name))
+        assert best.keys() == at_step_2.keys() and all(torch.equal(best[k], at_step_2[k]) for k in best), name
+    _, _, manifest = read_export(export_of(tmp_path / "stop"))
+    assert manifest["training"]["early_stopping"]["best_optimizer_step"] == 2
+    assert manifest["metrics"]["validation_candidates_loss"] == pytest.approx(stopping["best_value"], rel=1e-5)

@@ -274,3 +274,49 @@ def test_tensorboard_is_the_alternative_tracker(tiny_data, tmp_path):
     assert result["tracking"]["tracker"] == "tensorboard" and result["tracking"]["local_dir"] == str(log_dir)
     assert list(log_dir.glob("events.out.tfevents.*"))  # scalars (train/loss, eval/*) went here
     assert list(log_dir.glob("*/hparams.yml"))  # the flattened resolved config
+
+
+EARLY_STOP = ["run.eval_every_optimizer_steps=2", "run.early_stopping_patience_evals=2",
+              "run.early_stopping_metric=loss", "run.early_stopping_min_delta=1.0"]  # only the first eval "improves"
+
+
+def test_early_stopping_exports_the_best_evaluations_weights_exactly_and_survives_a_resume(tiny_data, tmp_path,
+                                                                                           monkeypatch):
+    from routerforge.train.faults import RAISE_AT_STEP_ENV, InjectedCrash
+
+    run_recipe_in_process("train_mf", tiny_argv(tiny_data, tmp_path / "stop", *EARLY_STOP))
+    weights, _, manifest = read_export(tmp_path / "stop" / "mf" / "mf-tiny" / "final")
+    stopping = manifest["training"]["early_stopping"]
+    # Evaluations at steps 2 (best), 4 and 6 (no improvement > min_delta): patience 2 stops the run at step 6.
+    assert manifest["training"]["optimizer_steps"] == 6 < manifest["training"]["total_optimizer_steps"] == 21
+    assert stopping["stopped_early"] and stopping["best_optimizer_step"] == 2 and stopping["evaluations"] == 3
+    assert stopping["exported"] == "best" and stopping["metric"] == "loss" and stopping["lower_is_better"]
+    assert [e["optimizer_step"] for e in stopping["eval_history"]] == [2, 4, 6]
+    assert manifest["metrics"]["validation_loss"] == pytest.approx(stopping["best_value"], rel=1e-6)
+
+    # The exported weights are exactly those after optimizer step 2 (a run that stops there, last weights).
+    run_recipe_in_process("train_mf", tiny_argv(tiny_data, tmp_path / "two", "run.max_optimizer_steps=2"))
+    at_step_2, _, _ = read_export(tmp_path / "two" / "mf" / "mf-tiny" / "final")
+    assert weights.keys() == at_step_2.keys()
+    assert all(torch.equal(weights[k], at_step_2[k]) for k in weights)
+
+    # Killed after step 5 and resumed from step 4's checkpoint: same stop step, same exported weights.
+    resumable = [*EARLY_STOP, "checkpoint.every_optimizer_steps=2", "checkpoint.keep_last=10"]
+    with monkeypatch.context() as patch:
+        patch.setenv(RAISE_AT_STEP_ENV, "5")
+        with pytest.raises(InjectedCrash):
+            run_recipe_in_process("train_mf", tiny_argv(tiny_data, tmp_path / "resumed", *resumable))
+    run_recipe_in_process("train_mf", tiny_argv(tiny_data, tmp_path / "resumed", *resumable, "resume=auto"))
+    resumed, _, resumed_manifest = read_export(tmp_path / "resumed" / "mf" / "mf-tiny" / "final")
+    assert resumed_manifest["training"]["resumed_from"].endswith("step-000004")
+    assert resumed_manifest["training"]["optimizer_steps"] == 6
+    assert resumed_manifest["training"]["early_stopping"]["best_optimizer_step"] == 2
+    assert all(torch.equal(resumed[k], weights[k]) for k in weights)
+
+
+def test_without_early_stopping_the_last_steps_weights_can_be_exported(tiny_data, tmp_path):
+    result = run_recipe_in_process("train_mf", tiny_argv(tiny_data, tmp_path, "run.eval_every_optimizer_steps=7",
+                                                         "run.keep_best=false"))
+    assert result["optimizer_steps"] == 21 and result["early_stopping"]["exported"] == "last"
+    assert not result["early_stopping"]["stopped_early"]
+    assert result["early_stopping"]["metric"] == "accuracy"  # auto: the routing metric on decisive pairs

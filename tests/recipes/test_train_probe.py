@@ -140,6 +140,13 @@ def test_config_errors_name_the_key(tiny, tmp_path):
         run_recipe_in_process("train_probe", argv(tiny, tmp_path, "probe.layers=[9]"))
     with pytest.raises(ConfigError, match="data.select_split must differ"):
         run_recipe_in_process("train_probe", argv(tiny, tmp_path, "data.select_split=train"))
+    from routerforge.errors import DataError
+
+    # Outcome rows of the weak model exist, but not in the requested sources: the error names data.sources.
+    with pytest.raises(DataError, match=r"none in data.sources=\['nope'\]; set data.sources to some of them"):
+        run_recipe_in_process("train_probe", argv(tiny, tmp_path, "data.sources=[nope]"))
+    with pytest.raises(DataError, match=r"no outcome of data.weak_model=gpt-5 \(its models: .*set data.weak_model"):
+        run_recipe_in_process("train_probe", argv(tiny, tmp_path, "data.weak_model=gpt-5"))
 
 
 @pytest.mark.slow
