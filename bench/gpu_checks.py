@@ -2,7 +2,7 @@
 
     bench/gpu_checks.sh                     # on a machine with an NVIDIA GPU (about 9 minutes)
     bench/gpu_checks.sh --dry-run           # the same steps on CPU at tiny size (about a minute)
-    bench/gpu_checks.sh --only 3,4          # some steps only (after a failed or cut-short run)
+    bench/gpu_checks.sh --only 3,4          # some steps only (step 0, the install, always runs on a GPU)
 
 Steps (each in its own process group with its own time cap; a failed or timed-out step is recorded and the
 next one runs; the caps shrink to what is left of --budget-s):
@@ -153,6 +153,8 @@ def orchestrate(args) -> int:
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="gpu-checks-")).resolve()
     work.mkdir(parents=True, exist_ok=True)
     only = {int(s) for s in args.only.split(",")} if args.only else None
+    if only is not None and not args.dry_run:
+        only.add(0)  # the later steps import what step 0 installs
     site_dir = None if args.dry_run else work / "site"
     started = time.monotonic()
     results = []
