@@ -31,7 +31,8 @@ def ensure(root: Path, keys: tuple[str, ...] = KEYS, *, build: bool) -> dict[str
     def mf() -> Path:
         from tests.fixtures.tiny_dataset import build_tiny_dataset
 
-        return build_tiny_dataset(root, n_pairs=200, name="mf_arena", version=VERSION)
+        return build_tiny_dataset(root, n_pairs=200, name="mf_arena", version=VERSION,
+                                  embedding_cache_dir=Path(cache) if cache else None)
 
     def cluster() -> Path:
         from tests.fixtures.tiny_outcomes_dataset import build_tiny_outcomes_dataset
