@@ -9,7 +9,7 @@ TORCH_VERSION ?= 2.13.0
 TORCH_SPEC := torch==$(TORCH_VERSION)
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: setup demo test test-fast lint bench bench-quality clean
+.PHONY: setup demo test test-fast lint bench bench-quality clean gpu-wheels gpu-data gpu-carry
 
 setup: $(STAMP)
 
@@ -40,6 +40,30 @@ bench: setup
 # (about an hour on 2 cores from a cold embedding cache; see the README's Benchmarks section).
 bench-quality: setup
 	$(BIN)/python bench/bench_quality.py
+# The GPU check (bench/gpu_checks.sh) on a machine without network whose Python (3.12) has torch, transformers,
+# accelerate, peft, sentence-transformers and scikit-learn but not the packages below: their wheels, fetched
+# here (versions = what the test suite runs with). Installed there with --no-deps, so every missing dependency
+# is named too. wandb (20 MB, plus its dependencies) is left out: with it the working tree would pass the 64 MiB
+# a device machine takes; the check runs with tracking.report_to=none.
+GPU_WHEELS ?= datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19 fsspec==2026.9.0 trl==1.16.0 omegaconf==2.4.0 \
+	faiss-cpu==1.15.1
+GPU_WHEEL_PLATFORMS := $(foreach n,2_28 2_27 2_17,--platform manylinux_$(n)_x86_64) --platform manylinux2014_x86_64
+GPU_CARRY_MAX_MIB ?= 60
+
+gpu-wheels:
+	rm -rf .whl && mkdir -p .whl
+	$(PY) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		$(GPU_WHEEL_PLATFORMS) -d .whl $(GPU_WHEELS)
+	@total=$$( (git ls-files -z | du --files0-from=- -cb | tail -1 | cut -f1; du -sb .whl | cut -f1; \
+		du -sb .gpu-data 2>/dev/null | cut -f1) | paste -sd+ | bc); \
+	echo "working tree + .whl + .gpu-data: $$((total / 1048576)) MiB (limit $(GPU_CARRY_MAX_MIB) MiB)"; \
+	test $$total -le $$(( $(GPU_CARRY_MAX_MIB) * 1048576 ))
+
+# The tiny prepared datasets the check trains on (MF and cluster need MiniLM embeddings, made here).
+gpu-data: setup
+	$(BIN)/python bench/gpu_checks_data.py .gpu-data
+
+gpu-carry: gpu-data gpu-wheels
 
 clean:
 	rm -rf data/processed data/cache checkpoints/*/ wandb runs

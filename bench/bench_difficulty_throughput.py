@@ -20,6 +20,8 @@ Timed: the training loop only, from its first batch to its last optimizer step (
 through a training forward pass. Each side runs in a fresh subprocess (so peak memory is its own), `--repeats`
 times, alternating; the best run is reported, as is usual for throughput on a shared machine.
 Peak memory: torch.cuda.max_memory_allocated on a GPU; peak RSS of the worker process on CPU.
+MFU: samples/s x model FLOPs per sample (PaLM's 6N + 12LdT per token) / the GPU's dense 16-bit peak, with
+bf16 or fp16 on a GPU in PEAK_TFLOPS_16BIT.
 """
 
 from __future__ import annotations
@@ -39,6 +41,27 @@ sys.path.insert(0, str(REPO_ROOT))
 TINY_CONFIG = REPO_ROOT / "configs" / "difficulty" / "tiny.yaml"
 LOG_EVERY = 10
 LEARNING_RATE = 1e-4
+
+
+# Dense bf16/fp16 tensor-core peak of NVIDIA parts (TFLOP/s, the data sheets' figures without sparsity), matched
+# against torch.cuda.get_device_name in this order; MFU is reported only for these.
+PEAK_TFLOPS_16BIT = (("H100 PCIe", 756.0), ("H200", 989.4), ("H100", 989.4), ("A100", 312.0))
+
+
+def peak_tflops(device: str, mixed_precision: str) -> float | None:
+    if mixed_precision not in ("bf16", "fp16"):
+        return None
+    return next((tflops for key, tflops in PEAK_TFLOPS_16BIT if key in device), None)
+
+
+def model_flops_per_sample(backbone, token_counts: list[int]) -> float:
+    """Training FLOPs per prompt (forward + backward), PaLM's estimate (Chowdhery et al. 2022, appendix B):
+    6 N + 12 L d T per token, N the non-embedding parameters, L layers, d hidden size, T the prompt's own
+    length (padding not counted). DeBERTa's disentangled-attention terms are left out: a lower bound."""
+    config = backbone.config
+    n_params = sum(p.numel() for name, p in backbone.named_parameters() if "embeddings" not in name)
+    per_prompt = [t * (6 * n_params + 12 * config.num_hidden_layers * config.hidden_size * t) for t in token_counts]
+    return sum(per_prompt) / len(per_prompt)
 
 
 def peak_memory_mib() -> float:
@@ -148,7 +171,8 @@ def run_trainer(args) -> dict:
         trainer = Trainer(model=LossWrapper(router), args=training_args, train_dataset=examples,
                           data_collator=collate, callbacks=[timer])
         trainer.train()
-    return {"samples": seen["samples"], "seconds": timer.seconds, "optimizer_steps": trainer.state.global_step}
+    return {"samples": seen["samples"], "seconds": timer.seconds, "optimizer_steps": trainer.state.global_step,
+            "model_flops_per_sample": model_flops_per_sample(backbone, [len(ids) for ids in examples.input_ids])}
 
 
 def worker(args) -> None:
@@ -175,7 +199,7 @@ def prepare_inputs(args) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--backbone-size", choices=("tiny", "deberta-v3-small"), default="tiny",
+    parser.add_argument("--backbone-size", choices=("tiny", "deberta-v3-small", "deberta-v3-base"), default="tiny",
                         help="random-init DeBERTa-v2 preset (routerforge/models/tiny_backbones.py)")
     parser.add_argument("--backbone", default=None, help="any model.backbone spec instead of --backbone-size")
     parser.add_argument("--data", default=None, help="a prepared dataset (default: build the real tiny one)")
@@ -225,9 +249,19 @@ def main() -> None:
               f"{r['peak_memory_mib']:>14.0f}")
     ratio = best["ours"]["samples_per_second"] / best["trainer"]["samples_per_second"]
     print(f"ours / Trainer: {ratio:.2f}x samples/s")
+    # Both sides train the same model on the same examples: the Trainer worker's FLOPs estimate serves both.
+    flops_per_sample = best["trainer"]["model_flops_per_sample"]
+    peak = peak_tflops(device, args.mixed_precision)
+    mfu = {side: best[side]["samples_per_second"] * flops_per_sample / (peak * 1e12) if peak else None
+           for side in best}
+    if peak:
+        print(f"MFU (PaLM estimate vs. {peak:.0f} TFLOP/s peak): ours {mfu['ours']:.1%}, Trainer {mfu['trainer']:.1%}")
+    else:
+        print(f"MFU: not computed ({device} with mixed precision '{args.mixed_precision}' has no peak in the table)")
     if args.json:
         Path(args.json).write_text(json.dumps({"device": device, "config": vars(args), "runs": runs, "best": best,
-                                               "ours_over_trainer": ratio}, indent=2) + "\n", encoding="utf-8")
+                                               "ours_over_trainer": ratio, "model_flops_per_sample": flops_per_sample,
+                                               "peak_tflops": peak, "mfu": mfu}, indent=2) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":

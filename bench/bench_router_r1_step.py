@@ -17,6 +17,7 @@ PPO also trains a critic and runs a reference forward pass; GRPO's reference is 
 is the price of PPO's critic. Each side runs in a fresh subprocess (peak memory is its own); the
 training loop's own `train_loop_seconds` (from the export manifest) is the time.
 Peak memory: torch.cuda.max_memory_allocated on a GPU (the recipe's own); peak RSS of the worker on CPU.
+Tokens/s: the episodes' response tokens (policy-sampled plus inserted <information> tokens) over the loop time.
 """
 
 from __future__ import annotations
@@ -78,9 +79,29 @@ def worker(algorithm: str, argv: list[str]) -> None:
     training = manifest["training"]
     peak = (torch.cuda.max_memory_allocated() if torch.cuda.is_available()
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    steps = training.get("ppo_steps", training.get("optimizer_steps"))
+    tokens = response_tokens(algorithm, training["history"], int(argv_value(argv, "episodes")), steps)
     print(json.dumps({"algorithm": algorithm, "train_loop_seconds": training["train_loop_seconds"],
-                      "optimizer_steps": training.get("ppo_steps", training.get("optimizer_steps")),
-                      "peak_memory_bytes": peak, "device": "cuda" if torch.cuda.is_available() else "cpu"}))
+                      "optimizer_steps": steps, "peak_memory_bytes": peak,
+                      "response_tokens": tokens, "tokens_per_second":
+                      tokens / training["train_loop_seconds"] if tokens is not None else None,
+                      "device": "cuda" if torch.cuda.is_available() else "cpu"}))
+
+
+def argv_value(argv: list[str], key: str) -> str:
+    """The episodes per step this side was given (rl.rollout_batch_size or grpo.rollout_batch_size)."""
+    return next(a.split("=", 1)[1] for a in argv if a.split("=", 1)[0].endswith(".rollout_batch_size"))
+
+
+def response_tokens(algorithm: str, history: list[dict], episodes_per_step: int, steps: int) -> int | None:
+    """Tokens of the episodes' responses over the run: what the policy sampled plus the inserted <information>
+    blocks (PPO's history counts both per step; TRL logs GRPO's mean completion length, which holds both)."""
+    if algorithm == "ppo":
+        return sum(h["policy_tokens"] + h["env_tokens"] for h in history)
+    lengths = [h["completions/mean_length"] for h in history if "completions/mean_length" in h]
+    if not lengths:
+        return None
+    return round(sum(lengths) / len(lengths) * episodes_per_step * steps)
 
 
 def main() -> None:
@@ -113,7 +134,9 @@ def main() -> None:
     print(f"shape={args.shape} device={ppo['device']} episodes/step={args.rollout_batch_size} "
           f"max_new_tokens/turn={args.max_new_tokens} steps={args.steps} mixed_precision={args.mixed_precision}")
     for name, result in results.items():
-        print(f"  {name:5s} {per_step[name]:8.2f} s/step  peak memory {result['peak_memory_bytes'] / 2**30:6.2f} GiB")
+        rate = f"{result['tokens_per_second']:9.1f} tokens/s" if result["tokens_per_second"] is not None else ""
+        print(f"  {name:5s} {per_step[name]:8.2f} s/step  peak memory {result['peak_memory_bytes'] / 2**30:6.2f} GiB"
+              f"  {rate}")
     print(f"  PPO / GRPO time per step: {per_step['ppo'] / per_step['grpo']:.2f}x   "
           f"memory: {ppo['peak_memory_bytes'] / grpo['peak_memory_bytes']:.2f}x")
     if args.json:

@@ -19,6 +19,8 @@ Presets:
                     for throughput benchmarks on a GPU without the Hub. Its tokenizer is our small
                     SentencePiece model (4,000 pieces), so texts split into more tokens than with the real
                     128k vocabulary; truncation at model.max_seq_tokens bounds the difference.
+  deberta-v3-base   microsoft/deberta-v3-base's architecture: the same with 12 layers (184M parameters, 98M of
+                    them the embedding table), same tokenizer caveat; the GPU check's larger-encoder run.
 
 Build is deterministic (SentencePiece with one thread, weights from a fixed seed in a forked RNG that leaves
 the caller's RNG untouched) and atomic (a temporary sibling directory renamed into place), so two processes
@@ -69,6 +71,9 @@ PRESETS: dict[str, dict] = {
     "deberta-v3-small": {"spm_vocab_size": 4000, "model_vocab_size": 128100, "hidden_size": 768,
                          "num_hidden_layers": 6, "num_attention_heads": 12, "intermediate_size": 3072,
                          "position_buckets": 256},
+    "deberta-v3-base": {"spm_vocab_size": 4000, "model_vocab_size": 128100, "hidden_size": 768,
+                        "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072,
+                        "position_buckets": 256},
 }
 # DeBERTa-v3's special-token ids: [PAD]=0, [CLS]=1, [SEP]=2, [UNK]=3; [MASK] is a user-defined piece.
 _SPM_SPECIALS = {"pad_id": 0, "pad_piece": "[PAD]", "bos_id": 1, "bos_piece": "[CLS]", "eos_id": 2,
