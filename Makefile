@@ -48,7 +48,7 @@ bench-quality: setup
 GPU_WHEELS ?= datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19 fsspec==2026.9.0 trl==1.16.0 omegaconf==2.4.0 \
 	faiss-cpu==1.15.1
 GPU_WHEEL_PLATFORMS := $(foreach n,2_28 2_27 2_17,--platform manylinux_$(n)_x86_64) --platform manylinux2014_x86_64
-GPU_CARRY_MAX_MIB ?= 60
+GPU_CARRY_MAX_MIB ?= 63
 
 gpu-wheels:
 	rm -rf .whl && mkdir -p .whl
