@@ -2,7 +2,7 @@
 
     routerforge prep --config configs/data/demo.yaml [--stage STAGE] [--strict] [--force] [key=value ...]
     routerforge demo
-    routerforge train RECIPE --config FILE|RECIPE/NAME [key=value ...]   (mf, difficulty, cluster, probe, router-r1)
+    routerforge train RECIPE --config FILE|RECIPE/NAME [key=value ...]   (`routerforge train --help` lists the recipes)
     routerforge eval CHECKPOINT --outcomes FILE [--strong NAME --weak NAME] [--router-pair S W] [--json OUT] [--plot OUT.png]
     routerforge calibrate CHECKPOINT --prompts FILE --strong-share 0.2 0.5 ...
     routerforge route CHECKPOINT "prompt" [...]
@@ -105,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
 # Subcommands that own their argument parsing; `routerforge X ...` hands everything after X to them.
 DELEGATED = {
     "train": ("routerforge.recipes:train_main",
-              "train a router with a recipe (mf, difficulty, cluster, probe, router-r1) and a config"),
+              "train a router: a recipe of training/ (mf, difficulty, cluster, ...) with a config"),
     "eval": ("routerforge.eval.cli:eval_main",
              "evaluate a checkpoint on an outcome table (APGR, CPT, AUC or AIQ, with intervals and a plot)"),
     "calibrate": ("routerforge.eval.cli:calibrate_main",

@@ -115,9 +115,9 @@ def config_class(recipe: str) -> type:
 
 
 def pages() -> dict[str, str]:
-    from routerforge.recipes import RECIPES, summary
+    from routerforge.recipes import recipes, summary
 
-    return {f"{name}.md": render_page(name, config_class(name), summary(name)) for name in RECIPES}
+    return {f"{name}.md": render_page(name, config_class(name), summary(name)) for name in recipes()}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,9 +24,6 @@ from types import ModuleType
 from routerforge.errors import ConfigError
 
 _PACKAGE = Path(__file__).resolve().parent
-# CLI name -> recipe file; the CLI names match configs/<dir>/ except router-r1 (configs/router_r1).
-RECIPES = {"mf": "train_mf.py", "difficulty": "train_difficulty.py", "cluster": "train_cluster.py",
-           "probe": "train_probe.py", "router-r1": "train_router_r1.py"}
 _CONFIG_NAME_RE = re.compile(r"^[A-Za-z0-9_-]+/[A-Za-z0-9_.-]+$")
 
 
@@ -42,10 +39,17 @@ def configs_dir() -> Path:
     return installed if installed.is_dir() else _PACKAGE.parent / "configs"
 
 
+def recipes() -> dict[str, str]:
+    """CLI name -> recipe file, one per training/train_*.py (train_router_r1.py is `router-r1`)."""
+    return {path.stem.removeprefix("train_").replace("_", "-"): path.name
+            for path in sorted(recipes_dir().glob("train_*.py"))}
+
+
 def recipe_path(name: str) -> Path:
-    file = RECIPES.get(name) or RECIPES.get(name.replace("_", "-"))
+    known = recipes()
+    file = known.get(name) or known.get(name.replace("_", "-"))
     if file is None:
-        raise ConfigError(f"unknown recipe {name!r}; choose one of {', '.join(RECIPES)}.")
+        raise ConfigError(f"unknown recipe {name!r}; choose one of {', '.join(known)}.")
     return recipes_dir() / file
 
 
@@ -83,7 +87,7 @@ def train_main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print("usage: routerforge train RECIPE [--config FILE|RECIPE/NAME] [key=value ...]\n\nrecipes:")
-        for name in RECIPES:
+        for name in recipes():
             print(f"  {name:<12}{summary(name)}")
         print("\n`routerforge train RECIPE --help` lists every config key. Several processes: "
               "accelerate launch -m routerforge.train RECIPE ...")

@@ -8,13 +8,13 @@ import dataclasses
 import pytest
 
 from routerforge.config_reference import config_class, config_keys, format_help, pages
-from routerforge.recipes import RECIPES
+from routerforge.recipes import recipes
 from tests.fixtures.recipe_runner import REPO_ROOT
 
 
 def test_generated_pages_are_up_to_date_and_linked_from_readme():
     generated = pages()
-    assert set(generated) == {f"{name}.md" for name in RECIPES}
+    assert set(generated) == {f"{name}.md" for name in recipes()}
     stale = [name for name, text in generated.items()
              if (REPO_ROOT / "docs/config" / name).read_text(encoding="utf-8") != text]
     assert stale == [], f"run `python -m routerforge.config_reference` to regenerate {stale}"
@@ -22,7 +22,7 @@ def test_generated_pages_are_up_to_date_and_linked_from_readme():
     assert all(f"docs/config/{name}" in readme for name in generated)
 
 
-@pytest.mark.parametrize("recipe", list(RECIPES))
+@pytest.mark.parametrize("recipe", list(recipes()))
 def test_help_lists_every_leaf_key_with_type_default_and_help(recipe):
     cls = config_class(recipe)
     keys = config_keys(cls)
