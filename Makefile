@@ -9,7 +9,7 @@ TORCH_VERSION ?= 2.13.0
 TORCH_SPEC := torch==$(TORCH_VERSION)
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: setup demo test test-fast lint bench clean
+.PHONY: setup demo test test-fast lint bench bench-quality clean
 
 setup: $(STAMP)
 
@@ -35,6 +35,11 @@ lint: setup
 bench: setup
 	$(BIN)/python bench/bench_prep_scale.py
 	$(BIN)/python bench/bench_embed.py
+
+# Router quality on the bundled real sets: every family vs simple baselines and RouteLLM's MF code
+# (about an hour on 2 cores from a cold embedding cache; see the README's Benchmarks section).
+bench-quality: setup
+	$(BIN)/python bench/bench_quality.py
 
 clean:
 	rm -rf data/processed data/cache checkpoints/*/ wandb runs

@@ -3,9 +3,11 @@
     routerforge prep --config configs/data/demo.yaml [--stage STAGE] [--strict] [--force] [key=value ...]
     routerforge demo
     routerforge train RECIPE --config FILE|RECIPE/NAME [key=value ...]   (`routerforge train --help` lists the recipes)
+    routerforge label --config configs/label/example.yaml [key=value ...]
     routerforge eval CHECKPOINT --outcomes FILE [--strong NAME --weak NAME] [--router-pair S W] [--json OUT] [--plot OUT.png]
     routerforge calibrate CHECKPOINT --prompts FILE --strong-share 0.2 0.5 ...
     routerforge route CHECKPOINT "prompt" [...]
+    routerforge serve CHECKPOINT [--strong-share 0.3 | --threshold T] --config serve.yaml [key=value ...]
     routerforge list [ROOT] [--router NAME] [--verify]
     routerforge publish CHECKPOINT --repo ORG/NAME [--force] [--private] [--branch B]
     routerforge eval-router-r1 --export DIR [--export DIR ...] [--alphas 0,0.3,0.6] [--max-tasks N] --out DIR
@@ -62,12 +64,12 @@ def format_summary(manifest: dict, stats: dict) -> str:
     lines.append(f"{'table':<10}{'train':>9}{'valid':>9}{'test':>9}")
     for table, c in manifest["counts"].items():
         lines.append(f"{table:<10}{c['train']:>9}{c['validation']:>9}{c['test']:>9}")
-    lines += ["", f"{'source':<22}{'stage':<15}{'input':>8}{'kept':>8}  dropped"]
+    lines += ["", f"{'source':<22}{'stage':<24}{'input':>9}{'kept':>9}  dropped"]
     for source, stages in stats["per_source"].items():
         for stage, c in stages.items():
             dropped = ", ".join(f"{k}={v}" for k, v in c["dropped"].items()) or "-"
             made = f" (made {c['made']} pairs)" if c.get("made") else ""
-            lines.append(f"{source:<22}{stage:<15}{c['input']:>8}{c['kept']:>8}  {dropped}{made}")
+            lines.append(f"{source:<22}{stage:<24}{c['input']:>9}{c['kept']:>9}  {dropped}{made}")
     if manifest["eval_sets"]:
         lines += ["", "evaluation sets: " + ", ".join(f"{k} ({v['prompts']} prompts)"
                                                       for k, v in manifest["eval_sets"].items())]
@@ -106,11 +108,15 @@ def build_parser() -> argparse.ArgumentParser:
 DELEGATED = {
     "train": ("routerforge.recipes:train_main",
               "train a router: a recipe of training/ (mf, difficulty, cluster, ...) with a config"),
+    "label": ("routerforge.label.cli:label_main",
+              "answers and LLM-judge labels for your own prompts, as a versioned label set"),
     "eval": ("routerforge.eval.cli:eval_main",
              "evaluate a checkpoint on an outcome table (APGR, CPT, AUC or AIQ, with intervals and a plot)"),
     "calibrate": ("routerforge.eval.cli:calibrate_main",
                   "calibrate routing thresholds for strong-model shares on your own prompts"),
     "route": ("routerforge.eval.cli:route_main", "route prompts with a checkpoint: the model chosen per prompt"),
+    "serve": ("routerforge.serve.cli:serve_main",
+              "serve a router as an OpenAI-compatible proxy that forwards each request to the chosen model"),
     "list": ("routerforge.eval.cli:list_main", "list the versions in a checkpoint registry (and verify them)"),
     "publish": ("routerforge.registry.publish:publish_main",
                 "publish a checkpoint to the Hugging Face Hub as tag v<version>; main follows the newest"),

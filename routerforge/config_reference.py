@@ -17,6 +17,8 @@ import typing
 from dataclasses import dataclass
 from pathlib import Path
 
+from routerforge.recipes import load_recipe_module, recipe_path, recipes, summary
+
 _UNIT_RE = re.compile(r"\(([^(),0-9]{1,25})\)")
 
 
@@ -105,8 +107,6 @@ def render_page(recipe: str, cls: type, summary: str) -> str:
 
 def config_class(recipe: str) -> type:
     """The top-level config dataclass a recipe hands to `parse_recipe_args(XConfig, ...)` (found in its source)."""
-    from routerforge.recipes import load_recipe_module, recipe_path
-
     source = recipe_path(recipe).read_text(encoding="utf-8")
     match = re.search(r"parse_recipe_args\(\s*([A-Za-z_][A-Za-z0-9_]*)", source)
     if match is None:
@@ -115,8 +115,6 @@ def config_class(recipe: str) -> type:
 
 
 def pages() -> dict[str, str]:
-    from routerforge.recipes import recipes, summary
-
     return {f"{name}.md": render_page(name, config_class(name), summary(name)) for name in recipes()}
 
 

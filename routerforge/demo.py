@@ -4,7 +4,7 @@
    gold labels; MT-Bench and held-out halves of MMLU/GSM8K kept for evaluation and decontaminated
    against; prints the dataset stats.
 2. trains the routers on it, each with the same command a user runs (printed before it runs):
-   matrix factorization (RouteLLM), the BEST-Route difficulty router, the cluster router (UniRoute)
+   the kNN and linear routers, matrix factorization (RouteLLM), the BEST-Route difficulty router, the cluster router (UniRoute)
    and a probe router (P(weak model correct) from hidden states; offline the packaged MiniLM encoder
    stands in for the weak model's own states).
 
@@ -26,6 +26,10 @@ DEMO_DATA = "data/processed/demo"
 
 # (title, script, config, overrides): the demo sizes of the recipes' default configs.
 TRAINING_STEPS = [
+    ("train the kNN router (every model's mean score on the nearest training prompts; k chosen on validation)",
+     "training/train_knn.py", "configs/knn/default.yaml", ["run.name=demo", "tracking.report_to=tensorboard"]),
+    ("train the linear router (a logistic head per model on the prompt embedding; C by cross-validation)",
+     "training/train_linear.py", "configs/linear/default.yaml", ["run.name=demo", "tracking.report_to=tensorboard"]),
     ("train the matrix factorization router (RouteLLM)", "training/train_mf.py", "configs/mf/default.yaml",
      ["run.name=demo", "run.epochs=50", "resume=auto", "tracking.report_to=tensorboard"]),
     ("train the difficulty router (BEST-Route heads on the packaged all-MiniLM-L6-v2)", "training/train_difficulty.py",
@@ -85,7 +89,8 @@ def run_demo() -> int:
 
 
 STRONG, WEAK = "gpt-4-1106-preview", "mistralai/Mixtral-8x7B-Instruct-v0.1"
-EVAL_ROUTERS = ("mf", "difficulty", "cluster", "probe")
+EVAL_ROUTERS = ("knn", "linear", "mf", "difficulty", "cluster", "probe")
+ROUTE_EXAMPLES_WITH = "knn"
 EXAMPLE_PROMPTS = [
     "What is the capital of France?",
     "Prove that there are infinitely many primes p such that p + 2 is also prime, or explain why this is open.",
@@ -125,21 +130,28 @@ def evaluate_calibrate_route(dataset_dir: Path, number: int) -> None:
     for router in EVAL_ROUTERS:
         _routerforge("calibrate", f"checkpoints/{router}", "--prompts", str(traffic), "--strong-share", "0.2", "0.5",
                      "--strong", STRONG, "--weak", WEAK)
-    print(f"\n== {number + 2}. route three prompts with the MF router at 50% strong calls ==", flush=True)
-    _routerforge("route", "checkpoints/mf", *EXAMPLE_PROMPTS, "--strong-share", "0.5", "--strong", STRONG,
+    print(f"\n== {number + 2}. route three prompts with the {ROUTE_EXAMPLES_WITH} router at 50% strong calls ==",
+          flush=True)
+    _routerforge("route", f"checkpoints/{ROUTE_EXAMPLES_WITH}", *EXAMPLE_PROMPTS, "--strong-share", "0.5", "--strong", STRONG,
                  "--weak", WEAK, "--embedding-cache", "data/cache/embeddings")
     _routerforge("list")
 
 
 def results_table(results: dict[tuple[str, str], dict], sets: list[str]) -> str:
-    """Markdown table: APGR / CPT(50%) / CPT(80%) per router and eval set, with random and oracle rows."""
+    """Markdown table: APGR [95% bootstrap interval] / CPT(50%) / CPT(80%) per router and eval set, with random
+    and oracle rows."""
     lines = ["| router | " + " | ".join(f"{s} APGR | {s} CPT50 | {s} CPT80" for s in sets) + " |",
              "|---|" + "---:|" * (3 * len(sets))]
 
+    def value(report: dict, key: str) -> str:
+        entry = report.get(key)
+        if isinstance(entry, dict) and entry.get("value") is not None:
+            ci = entry.get("ci") if key == "apgr" else None
+            return f"{entry['value']:.3f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci and None not in ci else "")
+        return f"{entry:.3f}" if isinstance(entry, (int, float)) else "-"
+
     def cells(report: dict) -> str:
-        return " | ".join(f"{report[k]['value']:.3f}" if isinstance(report.get(k), dict) else
-                          (f"{report[k]:.3f}" if isinstance(report.get(k), (int, float)) else "-")
-                          for k in ("apgr", "cpt50", "cpt80"))
+        return " | ".join(value(report, k) for k in ("apgr", "cpt50", "cpt80"))
 
     routers = sorted({r for r, _ in results}, key=EVAL_ROUTERS.index)
     for router in routers:

@@ -21,6 +21,8 @@ def _row_key(record: dict, produces: str) -> bytes:
     """8-byte digest of what makes a row a duplicate: same prompt and same (models, verdict/turn)."""
     if produces == "pairs":
         parts = (record["prompt_id"], record["model_a"], record["model_b"], record["winner"])
+        if record.get("p_model_a_wins") is not None:  # soft labels: same verdict, other probability = other row
+            parts += (repr(record["p_model_a_wins"]),)
     elif produces == "outcomes":
         parts = (record["prompt_id"], record["model"])
     else:  # judge_scores

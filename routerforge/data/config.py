@@ -16,7 +16,9 @@ SOURCE_KINDS = {
     "arena_kaggle": "pairs",  # Kaggle LMSYS Arena 55k (prompt/response_* JSON lists, winner_* one-hot)
     "arena_hp": "pairs",  # lmarena arena-human-preference-100k/140k (conversation_a/b, winner)
     "fastchat_single_judge": "judge_scores",  # FastChat llm_judge single-answer judgements (score 1-10)
+    "routellm_gpt4_judge": "judge_scores",  # RouteLLM gpt4_dataset: prompt, mixtral_score (GPT-4 grade 1-5)
     "fastchat_pair_judge": "pairs",  # FastChat llm_judge pairwise judgements (gpt-4_pair, both orders)
+    "alpaca_eval_annotations": "pairs",  # AlpacaEval weighted judge preferences (soft labels)
     "routellm_csv": "outcomes",  # RouteLLM eval CSVs: prompt,<model>,<model>[,<model>_response]
     "llmrouter_json": "outcomes",  # LLMRouter dcrouter json: question, scores{model: score}, cluster_id
     "zeroeval_summary": "outcomes",  # ZeroEval task_summary: correct_models / incorrect_models per item
@@ -67,7 +69,14 @@ class SourceConfig:
 
     name: str = doc("unique source name; recorded as `source` on every row", default="")
     kind: str = doc("reader to use: " + ", ".join(SOURCE_KINDS), default="")
-    path: str = doc("file path or glob, relative to the working directory", default="")
+    path: str = doc("file path or glob, relative to the working directory (or use `hub`)", default="")
+    hub: str | None = doc("Hugging Face Hub dataset id to read instead of `path`, e.g. "
+                          "lmarena-ai/arena-human-preference-100k", default=None)
+    revision: str | None = doc("hub: branch, tag or commit of the dataset (default: main); the resolved commit "
+                               "sha is recorded in the manifest and card", default=None)
+    split: str = doc("hub: the dataset split to read", default="train")
+    data_files: list[str] = doc("hub: files (globs, relative to the dataset repo) to read; empty: the dataset's "
+                                "default configuration", default_factory=list)
     questions_path: str | None = doc("file with the prompt texts (FastChat question.jsonl, ZeroEval "
                                      "prompts.jsonl) when the judgement files do not carry them", default=None)
     weight: float = doc("per-row training weight of this source (unitless multiplier)", default=1.0)
@@ -87,8 +96,11 @@ class SourceConfig:
         if self.kind not in SOURCE_KINDS:
             raise ValueError(f"source '{self.name}': unknown kind '{self.kind}'; use one of "
                              f"{', '.join(SOURCE_KINDS)}")
-        if not self.path:
-            raise ValueError(f"source '{self.name}': `path` is required")
+        if bool(self.path) == bool(self.hub):
+            raise ValueError(f"source '{self.name}': give exactly one of `path` (local files) and `hub` (a Hugging "
+                             f"Face dataset id)")
+        if not self.hub and (self.revision or self.data_files or self.split != "train"):
+            raise ValueError(f"source '{self.name}': `revision`, `split` and `data_files` apply to `hub` sources only")
         if self.weight < 0:
             raise ValueError(f"source '{self.name}': weight must be >= 0, got {self.weight}")
         if self.role not in ("train", "eval"):

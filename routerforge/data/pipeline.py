@@ -35,6 +35,7 @@ from pathlib import Path
 
 import datasets
 import numpy as np
+import pyarrow.compute as pc
 from datasets import Dataset, DatasetDict, concatenate_datasets
 from datasets.arrow_writer import ArrowWriter
 
@@ -50,8 +51,9 @@ from routerforge.data.dataset_io import (
     sha256_file,
     write_dataset_dir,
 )
+from routerforge.data.hub_source import forget_resolutions, resolve_hub_source
 from routerforge.data.readers import read_source
-from routerforge.data.readers._io import expand_paths
+from routerforge.data.readers._io import expand_paths, open_bytes
 from routerforge.data.records import (
     JUDGE_SCORE_FEATURES,
     OUTCOME_FEATURES,
@@ -107,13 +109,18 @@ def input_fingerprint(cfg: PrepConfig) -> str:
     """sha256 over the resolved config, the bytes of every input file, and the data format version.
 
     Same config + same input files -> same fingerprint -> same dataset version (a re-run is a no-op).
+    A Hub source counts by its resolved commit sha (a moved branch is a new version).
     """
     h = hashlib.sha256()
     h.update(f"format={DATA_FORMAT_VERSION}\n".encode())
     h.update(dump_config(cfg).encode())
     files: list[Path] = []
     for src in cfg.sources:
-        files += expand_paths(src.path, src.name)
+        if src.hub:
+            hub = resolve_hub_source(src)
+            h.update(f"{hub.repo_id}\x1f{hub.sha}\x1f{hub.split}\x1f{list(hub.data_files)}\n".encode())
+        else:
+            files += expand_paths(src.path, src.name)
         if src.questions_path:
             files += expand_paths(src.questions_path, src.name)
     for extra in cfg.decontaminate.extra_eval_files:
@@ -158,6 +165,19 @@ def _read_arrow(path: Path) -> Dataset:
     return Dataset.from_file(str(path))
 
 
+def _sorted_by_prompt(ds: Dataset) -> Dataset:
+    """`ds` in prompt_id order (a stable sort: rows of one prompt keep their read order).
+
+    Not `Dataset.sort`: datasets 5.2 passes `null_placement` to pyarrow's sort as a whole-sort option,
+    which pyarrow >= 25 deprecates with a FutureWarning on every prep run (pyarrow now wants it per sort
+    key). prompt_id is never null, so no null placement is needed at all: the plain sort keys below work
+    on every pyarrow `datasets` accepts and give the same order. The sorted view stays in memory
+    (8 bytes of index per row) instead of an indices cache file beside the stage's Arrow file.
+    """
+    order = pc.sort_indices(ds.data.table.select(["prompt_id"]), sort_keys=[("prompt_id", "ascending")])
+    return ds.select(order, keep_in_memory=True)
+
+
 def _iter_rows(ds: Dataset, batch_size: int = 10_000) -> Iterator[dict]:
     """Rows as dicts with ClassLabel values decoded back to names (for re-encoding by ArrowWriter)."""
     winner_names = ds.features["winner"].names if "winner" in ds.features else None
@@ -180,7 +200,7 @@ def _write_jsonl(path: Path, rows: Iterable[dict]) -> int:
 
 
 def _read_jsonl(path: Path) -> list[dict]:
-    with open(path, encoding="utf-8") as fh:
+    with open_bytes(path) as fh:  # extra evaluation files may be gzipped
         return [json.loads(line) for line in fh if line.strip()]
 
 
@@ -283,7 +303,7 @@ def stage_convert(run: PrepRun) -> None:
             pair_parts.append(path)
             continue
 
-        ds = ds.sort("prompt_id")
+        ds = _sorted_by_prompt(ds)
         groups = _route_holdout(run, src, produces, ds, eval_rows)
         if src.role == "eval":
             for _ in groups:
@@ -397,19 +417,20 @@ def stage_decontaminate(run: PrepRun) -> None:
                        "prompt": train_prompts[pid][:200], "eval_prompt": eval_prompts[match][1][:200]})
     _write_jsonl(out / "decontamination.jsonl", report)
 
-    def keep(ds: Dataset, dest: Path, features) -> None:
+    def keep(ds: Dataset, dest: Path, features, stage: str) -> None:
         def rows() -> Iterator[dict]:
             for row in _iter_rows(ds):
                 reason = removed.get(row["prompt_id"])
                 if reason:
-                    run.ledger.count(row["source"], "decontaminate", dropped={reason: 1})
+                    run.ledger.count(row["source"], stage, dropped={reason: 1})
                 else:
-                    run.ledger.count(row["source"], "decontaminate", kept=1)
+                    run.ledger.count(row["source"], stage, kept=1)
                     yield row
         _write_arrow(dest, features, rows())
 
-    keep(pairs, out / "pairs.arrow", PAIR_FEATURES)
-    keep(outcomes, out / "outcomes.arrow", OUTCOME_FEATURES)
+    # Pairs and outcome rows are counted apart: an outcome source has both, and one sum would mix units.
+    keep(pairs, out / "pairs.arrow", PAIR_FEATURES, "decontaminate_pairs")
+    keep(outcomes, out / "outcomes.arrow", OUTCOME_FEATURES, "decontaminate_outcomes")
     kept_ids = [i for i in train_ids if i not in removed]
     rows_kept = np.asarray([k for k, i in enumerate(train_ids) if i not in removed], dtype=np.int64)
     np.save(out / "prompt_embeddings.npy", train_emb[rows_kept] if len(rows_kept) else train_emb[:0])
@@ -462,6 +483,15 @@ def encoder_info(cfg) -> dict:
             "max_length": cfg.max_length, "normalize": cfg.normalize}
 
 
+def _hub_record(src: SourceConfig) -> dict:
+    """What the manifest records of a Hub source: the id, the requested and the resolved revision."""
+    if not src.hub:
+        return {}
+    hub = resolve_hub_source(src)
+    return {"hub": hub.repo_id, "revision": hub.sha, "requested_revision": src.revision or "main",
+            "split": hub.split, "data_files": list(hub.data_files)}
+
+
 def stage_embed(run: PrepRun) -> Path:
     sp = run.stage_dir("split")
     prompts = _read_jsonl(sp / "prompts.jsonl")
@@ -506,7 +536,7 @@ def stage_embed(run: PrepRun) -> Path:
         "models": models,
         "counts": counts,
         "eval_sets": eval_sets,
-        "sources": {s.name: {"kind": s.kind, "path": s.path, "weight": s.weight, "role": s.role}
+        "sources": {s.name: {"kind": s.kind, "path": s.path, "weight": s.weight, "role": s.role, **_hub_record(s)}
                     for s in run.cfg.sources},
     }
 
@@ -542,6 +572,7 @@ def run_pipeline(cfg: PrepConfig, *, until: str = "embed", force: bool = False, 
     """Run the stages up to `until` (resuming finished ones); return the dataset dir when `until` is embed."""
     if until not in STAGES:
         raise DataError(f"unknown stage '{until}'; stages are {', '.join(STAGES)}")
+    forget_resolutions()  # Hub sources: resolve each revision once per run, now
     run = PrepRun(cfg=cfg, input_fingerprint=input_fingerprint(cfg), accelerator=accelerator)
     if log is not None:
         run.log = log

@@ -4,8 +4,11 @@ Records are plain dicts (fast to stream, trivial to write to Arrow); this module
 lists, their Arrow `Features`, and the helpers that build them, so there is one definition.
 
 Preference pair (one human vote, judge verdict or gold comparison):
-    prompt_id, prompt, model_a, model_b, winner, source, kind, weight, language,
+    prompt_id, prompt, model_a, model_b, winner, source, kind, weight, language, p_model_a_wins,
     source_file, source_line, source_id
+  `p_model_a_wins` is a soft label in [0, 1] (a judge's probability that model_a's answer is better,
+  e.g. AlpacaEval's weighted preference) or None for hard labels; when set, `winner` is its rounding
+  (model_a above 0.5, model_b below, tie at 0.5) and pairwise trainers use the probability itself.
 Outcome (one model's graded answer to one prompt; the long table users bring):
     prompt_id, prompt, model, score (0..1), cost (USD or None), input_tokens, output_tokens, task,
     source, source_file, source_line, source_id
@@ -44,6 +47,7 @@ PAIR_FEATURES = Features(
         "kind": Value("string"),
         "weight": Value("float32"),
         "language": Value("string"),
+        "p_model_a_wins": Value("float64"),
         **_PROVENANCE,
     }
 )
@@ -123,6 +127,7 @@ def make_pair(
     source_id: str,
     weight: float = 1.0,
     language: str | None = None,
+    p_model_a_wins: float | None = None,
 ) -> dict:
     return {
         "prompt_id": prompt_id_for(prompt),
@@ -133,6 +138,7 @@ def make_pair(
         "kind": kind,
         "weight": float(weight),
         "language": language,
+        "p_model_a_wins": None if p_model_a_wins is None else float(p_model_a_wins),
         "source": source,
         "source_file": source_file,
         "source_line": int(source_line),

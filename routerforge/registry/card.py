@@ -22,6 +22,10 @@ FAMILY_TEXT = {
            "model on the prompt's embedding, trained on pairwise preferences."),
     "cluster": ("UniRoute cluster router (Jitkrittum et al. 2025, arXiv 2502.08773): k-means clusters of prompt "
                 "embeddings and a per-cluster quality/cost table per model."),
+    "knn": ("kNN router: each model's expected score on a prompt is the (shrunk) mean of its scores on the k most "
+            "similar training prompts (cosine over prompt embeddings); k chosen on validation."),
+    "linear": ("Linear router: one logistic-regression head per model on the frozen prompt embedding, "
+               "P(model answers well); L2 strength chosen by cross-validation."),
     "difficulty": ("BEST-Route-style multi-head router (Ding et al. 2025, arXiv 2506.22716) on a transformer "
                    "encoder: candidate-match, difficulty and win-probability heads."),
 }

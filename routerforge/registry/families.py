@@ -334,8 +334,76 @@ def load_probe(directory: Path, manifest: dict, config: dict, *, batch_size: int
                         encoder_id=str(lm.get("id")))
 
 
+def load_knn(directory: Path, manifest: dict, config: dict, *, batch_size: int = 64, device: str = "cpu",
+             embedding_cache_dir: str | None = None) -> FamilyScorer:
+    """A kNN router (training/train_knn.py): quality = each model's neighbour-mean score; pair score =
+    quality[strong] - quality[weak], the expected score gained by calling the strong model."""
+    from routerforge.models.knn import KNNRouter, KNNSettings
+
+    models = tuple(config["model_pool"])
+    try:
+        router = KNNRouter.from_state_dict(_load_weights(directory))
+        settings = KNNSettings(int(config["k"]), float(config["prior_strength"]), str(config["weighting"]),
+                               float(config["temperature"]))
+    except (ValueError, KeyError) as err:
+        raise CheckpointError(f"{directory}: not a kNN router ({err}); re-export.") from None
+    if router.num_models != len(models):
+        raise CheckpointError(f"{directory / WEIGHTS_FILE}: score table has {router.num_models} model columns but "
+                              f"the pool lists {len(models)}: another model pool; re-export.")
+    embed, encoder_id = build_prompt_embedder(manifest["encoder"], router.prompt_embedding_dim,
+                                              batch_size=batch_size, device=device,
+                                              embedding_cache_dir=embedding_cache_dir)
+    return _expected_gain_scorer(
+        "knn", models, embed, lambda embeddings: router.predict(np.asarray(embeddings, dtype=np.float32), settings),
+        f"mean score of the {settings.k} nearest training prompts (kNN)", encoder_id)
+
+
+def load_linear(directory: Path, manifest: dict, config: dict, *, batch_size: int = 64, device: str = "cpu",
+                embedding_cache_dir: str | None = None) -> FamilyScorer:
+    """A linear router (training/train_linear.py): quality = P(each model answers well) from its logistic head;
+    pair score = P(strong) - P(weak)."""
+    from routerforge.models.linear import LinearRouter
+
+    models = tuple(config["model_pool"])
+    try:
+        router = LinearRouter.from_state_dict(_load_weights(directory))
+    except ValueError as err:
+        raise CheckpointError(f"{directory}: not a linear router ({err}); re-export.") from None
+    if router.num_models != len(models):
+        raise CheckpointError(f"{directory / WEIGHTS_FILE}: {router.num_models} heads but the pool lists "
+                              f"{len(models)} models: another model pool; re-export.")
+    embed, encoder_id = build_prompt_embedder(manifest["encoder"], router.prompt_embedding_dim,
+                                              batch_size=batch_size, device=device,
+                                              embedding_cache_dir=embedding_cache_dir)
+    return _expected_gain_scorer("linear", models, embed, router.predict,
+                                 "P(answers well) from a logistic head on the prompt embedding", encoder_id)
+
+
+def _expected_gain_scorer(router_type: str, models: tuple[str, ...], embed, predict_quality, quality_text: str,
+                          encoder_id: str) -> FamilyScorer:
+    """A family that predicts every model's quality: pair score = quality[strong] - quality[weak]."""
+    index = _index_of(models)
+
+    def head(embeddings: np.ndarray) -> dict[str, np.ndarray]:
+        return {"quality": predict_quality(embeddings)}
+
+    def pair_rule(strong: str, weak: str) -> str | None:
+        if strong in index and weak in index:
+            return f"quality[{strong}] - quality[{weak}], quality = {quality_text}: the expected score gained"
+        return None
+
+    def pair_score(outputs: dict[str, np.ndarray], strong: str, weak: str) -> np.ndarray:
+        quality = outputs["quality"]
+        return quality[:, index[strong]] - quality[:, index[weak]]
+
+    return FamilyScorer(router_type, models, embed, head, pair_rule, pair_score, models, has_quality=True,
+                        has_cost=False, encoder_id=encoder_id)
+
+
 FAMILY_LOADERS: dict[str, Callable[..., FamilyScorer]] = {
+    "linear": load_linear,
     "mf": load_mf,
+    "knn": load_knn,
     "cluster": load_cluster,
     "difficulty": load_difficulty,
     "probe": load_probe,

@@ -399,33 +399,14 @@ class HFCausalLMPool:
         return hashlib.sha256(material.encode("utf-8")).hexdigest()
 
     def _generate(self, model, tokenizer, prompt: str) -> tuple[str, int, int]:
-        import torch
+        from routerforge.models.chat_generation import generate_chat_reply
 
-        if self.cfg.use_chat_template and getattr(tokenizer, "chat_template", None):
-            text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                                 add_generation_prompt=True)
-            encoded = tokenizer(text, return_tensors="pt", add_special_tokens=False)
-        else:
-            encoded = tokenizer(prompt, return_tensors="pt")
-        encoded = {k: v.to(model.device) for k, v in encoded.items()}
-        sampled = self.cfg.temperature > 0
-        kwargs = {"max_new_tokens": self.cfg.max_new_tokens, "do_sample": sampled}
-        if sampled:
-            kwargs.update(temperature=self.cfg.temperature, top_p=self.cfg.top_p)
-            torch.manual_seed(self.cfg.seed)
-        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        with torch.no_grad():
-            output = model.generate(**encoded, pad_token_id=pad_id, **kwargs)
-        prompt_len = encoded["input_ids"].shape[1]
-        new_ids = output[0, prompt_len:]
-        if tokenizer.eos_token_id is not None:
-            # Count only up to and including the first EOS (generate pads finished sequences after it).
-            eos_positions = (new_ids == tokenizer.eos_token_id).nonzero()
-            if len(eos_positions):
-                new_ids = new_ids[:int(eos_positions[0]) + 1]
-        text = tokenizer.decode(new_ids, skip_special_tokens=True)
+        reply = generate_chat_reply(model, tokenizer, [{"role": "user", "content": prompt}],
+                                    use_chat_template=self.cfg.use_chat_template,
+                                    max_new_tokens=self.cfg.max_new_tokens, temperature=self.cfg.temperature,
+                                    top_p=self.cfg.top_p, seed=self.cfg.seed)
         self.generations += 1
-        return text, int(prompt_len), int(new_ids.shape[0])
+        return reply
 
     def answer_many(self, calls: Sequence[CandidateCall]) -> list[CandidateAnswer]:
         answers = []

@@ -2,7 +2,8 @@
 
 Each kept pair becomes (model_a index, model_b index, prompt row, target, weight) where target is the
 probability that model_a beats model_b: 1 (model_a won), 0 (model_b won) or, for ties under
-`ties=half`, 0.5. Pairs of a model against itself carry no preference and are dropped, as RouteLLM's
+`ties=half`, 0.5. A pair with a soft label (`p_model_a_wins`, e.g. a judge's probability) is trained
+toward that probability instead; its `winner` (the label rounded) still decides the tie rule. Pairs of a model against itself carry no preference and are dropped, as RouteLLM's
 training script drops them; ties are dropped under `ties=drop` (RouteLLM's rule). Every drop is
 counted by reason.
 """
@@ -81,11 +82,15 @@ def pairs_to_tensors(pairs: Dataset, model_index: dict[str, int], prompt_row: di
     if ties not in TIE_RULES:
         raise DataError(f"unknown tie rule '{ties}'; use one of {', '.join(TIE_RULES)}")
     winner_names = pairs.features["winner"].names
-    columns = pairs.select_columns(["prompt_id", "model_a", "model_b", "winner", "weight"]).to_dict()
+    # Datasets written before soft labels existed have no p_model_a_wins column: all labels are hard.
+    soft_column = ["p_model_a_wins"] if "p_model_a_wins" in pairs.column_names else []
+    columns = pairs.select_columns(["prompt_id", "model_a", "model_b", "winner", "weight", *soft_column]).to_dict()
+    soft_labels = columns["p_model_a_wins"] if soft_column else [None] * len(columns["prompt_id"])
     kept_a, kept_b, kept_rows, kept_target, kept_weight = [], [], [], [], []
     dropped: Counter[str] = Counter()
-    for i, (pid, model_a, model_b, winner_id, weight) in enumerate(zip(
-            columns["prompt_id"], columns["model_a"], columns["model_b"], columns["winner"], columns["weight"], strict=True)):
+    for i, (pid, model_a, model_b, winner_id, weight, soft) in enumerate(zip(
+            columns["prompt_id"], columns["model_a"], columns["model_b"], columns["winner"], columns["weight"],
+            soft_labels, strict=True)):
         for model in (model_a, model_b):
             if model not in model_index:
                 raise DataError(f"{where} row {i}: model '{model}' is not in the dataset's model pool "
@@ -106,7 +111,7 @@ def pairs_to_tensors(pairs: Dataset, model_index: dict[str, int], prompt_row: di
         kept_a.append(model_index[model_a])
         kept_b.append(model_index[model_b])
         kept_rows.append(prompt_row[pid])
-        kept_target.append(_TARGET[winner])
+        kept_target.append(_TARGET[winner] if soft is None else float(soft))
         kept_weight.append(weight)
     return PairTensors(
         model_a=torch.tensor(kept_a, dtype=torch.int64),

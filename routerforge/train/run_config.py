@@ -82,6 +82,24 @@ class RunConfig:
 
 
 @dataclass(frozen=True)
+class FitRunConfig:
+    """The run block of a recipe fitted in one pass (no epochs, batches or step checkpoints: kNN, linear)."""
+
+    name: str = doc("run name: the run directory is <output_dir>/<router>/<name>/ (letters, digits, . _ -)",
+                    default="default")
+    output_dir: str = doc("root directory of all runs and exports (path)", default="checkpoints")
+    seed: int = doc("random seed (integer) of the cross-validation folds", default=42)
+    progress_bar: bool = doc("show progress on the main process (bool)", default=True)
+
+    def __post_init__(self) -> None:
+        self.as_run_config()  # the shared RunConfig validates the name
+
+    def as_run_config(self) -> RunConfig:
+        """The shared run block, for the shared accelerate/run-dir functions."""
+        return RunConfig(name=self.name, output_dir=self.output_dir, seed=self.seed, progress_bar=self.progress_bar)
+
+
+@dataclass(frozen=True)
 class OptimConfig:
     """Optimizer, learning-rate schedule and gradient clipping."""
 

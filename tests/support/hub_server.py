@@ -316,7 +316,31 @@ class HubServer:
                     return fault
         return None
 
-    # -- inspection helpers for tests
+    # -- seeding and inspection helpers for tests
+
+    def seed_repo(self, repo_id: str, files: dict[str, bytes], repo_type: str = "dataset",
+                  title: str = "Upload files", tag: str | None = None) -> str:
+        """Commit `files` to `main` of a repo (created as the Hub creates one if missing); return the commit oid.
+
+        For repos whose content a test only reads, e.g. a dataset repo in the Hub's layout (README.md with a
+        `configs:` block, `data/train-00000-of-00001.parquet`): the same store the HTTP commit endpoint
+        writes, without a client round trip per test.
+        """
+        with self._lock:
+            repo = self.repos.get((repo_type, repo_id))
+            if repo is None:
+                repo = Repo(repo_type, repo_id, False, _now_iso())
+                initial = {".gitattributes": self._store_blob(INITIAL_GITATTRIBUTES)}
+                repo.branches[DEFAULT_BRANCH] = self._new_commit(repo, None, initial, "initial commit", "")
+                self.repos[(repo_type, repo_id)] = repo
+            head = repo.branches[DEFAULT_BRANCH]
+            tree = dict(repo.commits[head].files)
+            tree.update({path: self._store_blob(content) for path, content in files.items()})
+            oid = self._new_commit(repo, head, tree, title, "")
+            repo.branches[DEFAULT_BRANCH] = oid
+            if tag is not None:
+                repo.tags[tag] = oid
+            return oid
 
     def repo(self, repo_id: str, repo_type: str = "model") -> Repo:
         with self._lock:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from routerforge.data.config import SourceConfig
-from routerforge.data.readers._io import expand_paths, iter_jsonl
+from routerforge.data.readers._io import iter_jsonl, source_inputs
 from routerforge.data.records import make_pair
 from routerforge.data.report import Ledger
 
@@ -35,7 +35,7 @@ def first_user_turn(turns: object) -> str | None:
 
 def read_arena_conversations(src: SourceConfig, ledger: Ledger) -> Iterator[dict]:
     n_valid = 0
-    for path in expand_paths(src.path, src.name):
+    for path in source_inputs(src):
         seen_ids: set[str] = set()
         for line_no, obj in iter_jsonl(path, src.name, ledger):
             file = str(path)

@@ -35,7 +35,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from routerforge.data.config import SourceConfig
-from routerforge.data.readers._io import expand_paths, iter_jsonl
+from routerforge.data.readers._io import data_suffix, is_gzip, iter_jsonl, read_bytes, source_inputs
 from routerforge.data.readers.arena_kaggle import utf8_encodable
 from routerforge.data.records import make_pair
 from routerforge.data.report import Ledger
@@ -68,10 +68,12 @@ def first_user_text(conversation: object) -> str | None:
 
 def _iter_parquet(path: Path, source: str) -> Iterator[tuple[int, dict]]:
     """(1-based row number, row) of a Parquet file, reading only the columns this reader needs."""
-    import pyarrow.parquet as pq  # a dependency of `datasets`; imported here so JSONL users never load it
+    import pyarrow as pa  # a dependency of `datasets`; imported here so JSONL users never load it
+    import pyarrow.parquet as pq
 
     try:
-        pf = pq.ParquetFile(path)
+        # Parquet needs random access: a gzipped file is decompressed into memory first.
+        pf = pq.ParquetFile(pa.BufferReader(read_bytes(path)) if is_gzip(path) else path)
     except Exception as exc:  # pyarrow raises ArrowInvalid / OSError subclasses for a corrupt file
         raise DataError(f"{path}: not a readable Parquet file ({exc}); source '{source}'.") from None
     names = set(pf.schema_arrow.names)
@@ -91,9 +93,9 @@ def _iter_parquet(path: Path, source: str) -> Iterator[tuple[int, dict]]:
 
 def read_arena_hp(src: SourceConfig, ledger: Ledger) -> Iterator[dict]:
     n_valid = 0
-    for path in expand_paths(src.path, src.name):
+    for path in source_inputs(src):
         file = str(path)
-        rows = _iter_parquet(path, src.name) if path.suffix == ".parquet" else iter_jsonl(path, src.name, ledger)
+        rows = _iter_parquet(path, src.name) if data_suffix(path) == ".parquet" else iter_jsonl(path, src.name, ledger)
         seen_ids: set[str] = set()
         for line_no, obj in rows:
 

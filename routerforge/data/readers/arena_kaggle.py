@@ -26,7 +26,7 @@ import json
 from collections.abc import Iterator
 
 from routerforge.data.config import SourceConfig
-from routerforge.data.readers._io import expand_paths, iter_csv
+from routerforge.data.readers._io import iter_csv, source_inputs
 from routerforge.data.records import make_pair
 from routerforge.data.report import Ledger
 
@@ -45,7 +45,7 @@ def utf8_encodable(text: str) -> bool:
 
 def read_arena_kaggle(src: SourceConfig, ledger: Ledger) -> Iterator[dict]:
     n_valid = 0
-    for path in expand_paths(src.path, src.name):
+    for path in source_inputs(src):
         file = str(path)
         seen_ids: set[str] = set()
         for line_no, row in iter_csv(path, src.name, ledger, required=KAGGLE_COLUMNS):

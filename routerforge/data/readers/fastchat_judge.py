@@ -57,7 +57,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from routerforge.data.config import SourceConfig
-from routerforge.data.readers._io import expand_paths, iter_jsonl
+from routerforge.data.readers._io import iter_jsonl, open_bytes, source_inputs
 from routerforge.data.records import make_judge_score, make_pair
 from routerforge.data.report import Ledger
 from routerforge.errors import DataError
@@ -98,7 +98,7 @@ def load_questions(path_str: str, source: str) -> dict[str, str]:
         raise DataError(f"source '{source}': questions_path '{path}' is not a file; point it at the "
                         f"FastChat question.jsonl of the judged benchmark.")
     questions: dict[str, str] = {}
-    with open(path, "rb") as fh:
+    with open_bytes(path) as fh:
         for line_no, raw in enumerate(fh, start=1):
             if not raw.strip():
                 continue
@@ -165,7 +165,7 @@ def read_fastchat_single_judge(src: SourceConfig, ledger: Ledger) -> Iterator[di
     questions = load_questions(src.questions_path, src.name) if src.questions_path else None
     lo, hi = JUDGE_SCALE
     n_valid = 0
-    for path in expand_paths(src.path, src.name):
+    for path in source_inputs(src):
         file = str(path)
         seen: set[tuple] = set()
         for line_no, obj in iter_jsonl(path, src.name, ledger):
@@ -234,7 +234,7 @@ def read_fastchat_single_judge(src: SourceConfig, ledger: Ledger) -> Iterator[di
 def read_fastchat_pair_judge(src: SourceConfig, ledger: Ledger) -> Iterator[dict]:
     questions = load_questions(src.questions_path, src.name) if src.questions_path else None
     n_valid = 0
-    for path in expand_paths(src.path, src.name):
+    for path in source_inputs(src):
         file = str(path)
         seen: set[tuple] = set()
         for line_no, obj in iter_jsonl(path, src.name, ledger):

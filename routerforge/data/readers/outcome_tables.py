@@ -23,7 +23,7 @@ Four formats, each yielding `make_outcome` records (score in [0, 1]):
   `src.task`, else the prompt file's `task`.
 * `read_outcomes` — the generic long table a user brings, JSON lines (``.jsonl``) or CSV (``.csv``):
   ``prompt_id, prompt, model, score`` (0..1) and optional ``cost`` (USD), ``input_tokens``,
-  ``output_tokens``, ``task``. One row is one outcome; a repeated (prompt_id, model) in a file is
+  ``output_tokens``, ``task`` (``.jsonl.gz`` / ``.csv.gz`` are read as they are). One row is one outcome; a repeated (prompt_id, model) in a file is
   `duplicate_id`.
 
 Accounting unit: the read stage counts one input per (prompt, model) cell, so a row of a
@@ -41,7 +41,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from routerforge.data.config import SourceConfig
-from routerforge.data.readers._io import expand_paths, iter_csv, iter_jsonl, load_json
+from routerforge.data.hub_source import HubInput
+from routerforge.data.readers._io import (
+    data_stem,
+    data_suffix,
+    iter_csv,
+    iter_jsonl,
+    load_json,
+    open_bytes,
+    source_inputs,
+)
 from routerforge.data.records import make_outcome
 from routerforge.data.report import Ledger
 from routerforge.errors import DataError
@@ -60,7 +69,7 @@ def _drop_row(ledger: Ledger, source: str, file: str, line: int, reason: str, de
 
 def routellm_task(path: Path) -> str:
     """Task label from a RouteLLM CSV name: mmlu_anatomy.csv -> mmlu/anatomy, gsm8k_responses.csv -> gsm8k."""
-    stem = path.stem.removesuffix("_responses")
+    stem = data_stem(path).removesuffix("_responses")
     if stem.startswith("mmlu_"):
         return "mmlu/" + stem[len("mmlu_"):]
     return stem
@@ -68,7 +77,7 @@ def routellm_task(path: Path) -> str:
 
 def read_routellm_csv(src: SourceConfig, ledger: Ledger) -> Iterator[dict]:
     n_valid = 0
-    for path in expand_paths(src.path, src.name):
+    for path in source_inputs(src):
         file = str(path)
         task = src.task or routellm_task(path)
         models: list[str] | None = None
@@ -109,7 +118,7 @@ def _score01(value: object) -> tuple[float | None, str | None]:
 
 def read_llmrouter_json(src: SourceConfig, ledger: Ledger) -> Iterator[dict]:
     n_valid = 0
-    for path in expand_paths(src.path, src.name):
+    for path in source_inputs(src):
         file = str(path)
         items = load_json(path, src.name)
         if not isinstance(items, list):
@@ -160,7 +169,7 @@ def load_zeroeval_prompts(path_str: str, source: str) -> dict[str, tuple[str, st
         raise DataError(f"source '{source}': questions_path '{path}' is not a file; point it at the JSON lines "
                         f"with session_id and prompt of the ZeroEval items.")
     prompts: dict[str, tuple[str, str | None]] = {}
-    with open(path, "rb") as fh:
+    with open_bytes(path) as fh:
         for line_no, raw in enumerate(fh, start=1):
             if not raw.strip():
                 continue
@@ -190,7 +199,7 @@ def read_zeroeval_summary(src: SourceConfig, ledger: Ledger) -> Iterator[dict]:
                         f"items' session_id and prompt); the task summary holds no prompt text.")
     prompts = load_zeroeval_prompts(src.questions_path, src.name)
     n_valid = 0
-    for path in expand_paths(src.path, src.name):
+    for path in source_inputs(src):
         file = str(path)
         items = load_json(path, src.name)
         if not isinstance(items, dict):
@@ -269,18 +278,34 @@ def _token_count(value: object) -> tuple[int | None, bool]:
 
 
 def _outcome_rows(path: Path, source: str, ledger: Ledger) -> Iterator[tuple[int, dict]]:
-    if path.suffix == ".csv":
+    suffix = data_suffix(path)
+    if isinstance(path, HubInput):  # rows parsed by `datasets`, typed as in JSON lines
+        yield from path.rows()
+    elif suffix == ".csv":
         for line_no, row in iter_csv(path, source, ledger, required=OUTCOME_COLUMNS):
             yield line_no, {k: _csv_value(k, v) for k, v in row.items()}
-    elif path.suffix in (".jsonl", ".ndjson"):
+    elif suffix in (".jsonl", ".ndjson"):
         yield from iter_jsonl(path, source, ledger)
     else:
-        raise DataError(f"{path}: outcome tables are JSON lines (.jsonl) or CSV (.csv); got '{path.suffix}'.")
+        raise DataError(f"{path}: outcome tables are JSON lines (.jsonl) or CSV (.csv), optionally gzipped "
+                        f"(.jsonl.gz, .csv.gz); got '{suffix}'.")
+
+
+def prompt_problem(prompt_id: object, prompt: object) -> tuple[str, str, str] | None:
+    """(reason, detail, field) when a row's prompt_id or prompt is unusable, else None (also used for
+    the prompts files of `routerforge label`)."""
+    if isinstance(prompt_id, bool) or not isinstance(prompt_id, (str, int)) or not str(prompt_id).strip():
+        return "wrong_type", f"prompt_id must be a non-empty string or integer, got {prompt_id!r}", "prompt_id"
+    if not isinstance(prompt, str):
+        return "wrong_type", f"prompt must be a string, got {type(prompt).__name__}", "prompt"
+    if not prompt.strip():
+        return "empty_prompt", "the prompt is empty", "prompt"
+    return None
 
 
 def read_outcomes(src: SourceConfig, ledger: Ledger) -> Iterator[dict]:
     n_valid = 0
-    for path in expand_paths(src.path, src.name):
+    for path in source_inputs(src):
         file = str(path)
         seen: set[tuple[str, str]] = set()
         for line_no, obj in _outcome_rows(path, src.name, ledger):
@@ -295,14 +320,9 @@ def read_outcomes(src: SourceConfig, ledger: Ledger) -> Iterator[dict]:
             prompt_id, prompt, model = obj["prompt_id"], obj["prompt"], obj["model"]
             if isinstance(prompt_id, float) and prompt_id.is_integer():
                 prompt_id = int(prompt_id)
-            if isinstance(prompt_id, bool) or not isinstance(prompt_id, (str, int)) or not str(prompt_id).strip():
-                bad("wrong_type", f"prompt_id must be a non-empty string or integer, got {prompt_id!r}", "prompt_id")
-                continue
-            if not isinstance(prompt, str):
-                bad("wrong_type", f"prompt must be a string, got {type(prompt).__name__}", "prompt")
-                continue
-            if not prompt.strip():
-                bad("empty_prompt", "the prompt is empty", "prompt")
+            problem = prompt_problem(prompt_id, prompt)
+            if problem is not None:
+                bad(*problem)
                 continue
             if not isinstance(model, str) or not model.strip():
                 bad("wrong_type", f"model must be a non-empty string, got {model!r}", "model")

@@ -20,6 +20,7 @@ _RULE_FOR_KIND = {
     "zeroeval_summary": "outcome_pairs",
     "outcomes": "outcome_pairs",
     "fastchat_single_judge": "judge_score_pairs",
+    "routellm_gpt4_judge": "judge_score_pairs",
 }
 
 

@@ -103,7 +103,12 @@ def test_accounting_is_exact_and_chained(built):
             assert c["kept"] + sum(c["dropped"].values()) == c["input"], (source, stage)
         assert stages["clean"]["input"] == stages["read"]["kept"], source
     arena = stats["per_source"]["arena"]
-    assert arena["read"]["input"] == 150 and arena["decontaminate"]["input"] == arena["clean"]["kept"]
+    assert arena["read"]["input"] == 150 and arena["decontaminate_pairs"]["input"] == arena["clean"]["kept"]
+    assert "decontaminate_outcomes" not in arena  # a pair source has no outcome rows
+    # An outcome source: its training outcome rows and the pairs made from them are counted apart.
+    mmlu = stats["per_source"]["mmlu"]
+    assert mmlu["decontaminate_outcomes"]["input"] == mmlu["holdout"]["kept"]
+    assert mmlu["decontaminate_pairs"]["input"] == mmlu["pairs"]["kept"] != mmlu["holdout"]["kept"]
     # the real gpt-3.5-turbo-1106 judgements include grades that cannot be parsed: reported, counted
     assert stats["bad_rows"]["judge"].get("unparseable_score", 0) > 0
     bad = [json.loads(line) for line in open(path / "bad_rows.jsonl")]

@@ -343,6 +343,7 @@ _SUFFIX = {
     "routellm_csv": ".csv",
     "llmrouter_json": ".json",
     "zeroeval_summary": ".json",
+    "alpaca_eval_annotations": ".json",
 }
 
 
@@ -381,6 +382,8 @@ _SAMPLES = {
         {"questions_path": str(DATA / "routellm" / "mt_bench" / "question.jsonl")},
     ),
     "fastchat_pair_judge": (FIXTURES / "fastchat_gpt-4_pair_sample.jsonl", {}),
+    "alpaca_eval_annotations": (DATA / "alpaca_eval" / "annotations" / "*.json", {}),
+    "routellm_gpt4_judge": (FIXTURES / "routellm_gpt4_dataset_sample.jsonl", {}),
     "routellm_csv": (DATA / "routellm" / "mmlu" / "mmlu_anatomy.csv", {}),
     "llmrouter_json": (DATA / "llmrouter" / "dcrouter_test_sample.json", {}),
     "zeroeval_summary": (

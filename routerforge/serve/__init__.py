@@ -1,0 +1,1 @@
+"""OpenAI-compatible routing proxy: `routerforge serve` (routerforge/serve/cli.py, app.py)."""
