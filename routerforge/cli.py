@@ -1,7 +1,8 @@
-"""The `routerforge` command.
+"""RouterForge: prepare router data, train, evaluate, calibrate, publish and use LLM routers.
 
     routerforge prep --config configs/data/demo.yaml [--stage STAGE] [--strict] [--force] [key=value ...]
     routerforge demo
+    routerforge train RECIPE --config FILE|RECIPE/NAME [key=value ...]   (`routerforge train --help` lists the recipes)
     routerforge label --config configs/label/example.yaml [key=value ...]
     routerforge eval CHECKPOINT --outcomes FILE [--strong NAME --weak NAME] [--router-pair S W] [--json OUT] [--plot OUT.png]
     routerforge calibrate CHECKPOINT --prompts FILE --strong-share 0.2 0.5 ...
@@ -98,21 +99,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="the end-to-end demo on the bundled real data")
     demo.set_defaults(func=_demo)
-    for name in DELEGATED:
-        sub.add_parser(name, help=f"see `routerforge {name} --help`", add_help=False)
+    for name, (_target, summary) in DELEGATED.items():
+        sub.add_parser(name, help=summary, add_help=False)
     return parser
 
 
 # Subcommands that own their argument parsing; `routerforge X ...` hands everything after X to them.
 DELEGATED = {
-    "label": "routerforge.label.cli:label_main",
-    "publish": "routerforge.registry.publish:publish_main",
-    "eval": "routerforge.eval.cli:eval_main",
-    "calibrate": "routerforge.eval.cli:calibrate_main",
-    "route": "routerforge.eval.cli:route_main",
-    "serve": "routerforge.serve.cli:serve_main",
-    "list": "routerforge.eval.cli:list_main",
-    "eval-router-r1": "routerforge.rl.evaluate:eval_router_r1_main",
+    "train": ("routerforge.recipes:train_main",
+              "train a router: a recipe of training/ (mf, difficulty, cluster, ...) with a config"),
+    "label": ("routerforge.label.cli:label_main",
+              "answers and LLM-judge labels for your own prompts, as a versioned label set"),
+    "eval": ("routerforge.eval.cli:eval_main",
+             "evaluate a checkpoint on an outcome table (APGR, CPT, AUC or AIQ, with intervals and a plot)"),
+    "calibrate": ("routerforge.eval.cli:calibrate_main",
+                  "calibrate routing thresholds for strong-model shares on your own prompts"),
+    "route": ("routerforge.eval.cli:route_main", "route prompts with a checkpoint: the model chosen per prompt"),
+    "serve": ("routerforge.serve.cli:serve_main",
+              "serve a router as an OpenAI-compatible proxy that forwards each request to the chosen model"),
+    "list": ("routerforge.eval.cli:list_main", "list the versions in a checkpoint registry (and verify them)"),
+    "publish": ("routerforge.registry.publish:publish_main",
+                "publish a checkpoint to the Hugging Face Hub as tag v<version>; main follows the newest"),
+    "eval-router-r1": ("routerforge.rl.evaluate:eval_router_r1_main",
+                       "evaluate Router-R1 exports on multi-hop QA across cost weights"),
 }
 
 
@@ -132,7 +141,7 @@ def _run(argv: list[str] | None) -> int:
     if argv and argv[0] in DELEGATED:
         import importlib
 
-        module, func = DELEGATED[argv[0]].split(":")
+        module, func = DELEGATED[argv[0]][0].split(":")
         return getattr(importlib.import_module(module), func)(argv[1:])
     args = build_parser().parse_args(argv)
     try:

@@ -1,8 +1,10 @@
 """The inference API: load any exported router and route prompts to model names.
 
-    from routerforge.router import Router
+    from routerforge import Router
     router = Router.from_pretrained("checkpoints/mf/1.0.0")              # or checkpoints/mf (its LATEST)
-    router = Router.from_pretrained("my-org/mf-router", revision="v1.0.0")   # a published version on the Hub
+    router = Router.from_pretrained("my-org/mf-router")                  # the newest published version (main)
+    router = Router.from_pretrained("my-org/mf-router", revision="v1.0.0")   # one published version, pinned
+    router.push_to_hub("my-org/mf-router")              # publish this checkpoint (routerforge publish)
     router.score(prompts, strong="gpt-4-1106-preview", weak="mixtral-8x7b")  # [n] floats, higher = needs strong
     router.route(prompts, strong_share=0.2)             # calibrated: ~20% of your traffic to the strong model
     router.route(prompts, threshold=0.6, strong="gpt-4-1106-preview", weak="mixtral-8x7b")
@@ -49,6 +51,7 @@ from routerforge.eval.calibrate import (
 )
 from routerforge.registry.families import FamilyScorer, load_family
 from routerforge.registry.load import fetch_checkpoint, is_hub_id, verify_checkpoint
+from routerforge.registry.publish import PublishResult, publish_checkpoint
 
 
 class RoutingError(RouterForgeError):
@@ -96,16 +99,22 @@ class Router:
     # ------------------------------------------------------------------------------------------------ loading
     @classmethod
     def from_pretrained(cls, path_or_hub_id: str | Path, revision: str | None = None, *, batch_size: int = 64,
-                        device: str = "cpu", embedding_cache_dir: str | Path | None = None) -> Router:
+                        device: str = "cpu", embedding_cache_dir: str | Path | None = None,
+                        token: str | bool | None = None, cache_dir: str | Path | None = None,
+                        local_files_only: bool = False) -> Router:
         """Load and verify a checkpoint: a local directory (or checkpoints/<router> via LATEST) or a Hub id.
 
-        revision: Hub tag/branch/commit (published versions are tags v<version>); Hub ids only.
+        revision: Hub tag/branch/commit, Hub ids only; default main, the newest published version; published
+        versions are tags v<version>.
+        token, cache_dir, local_files_only: as huggingface_hub's (token default: HF_TOKEN or `hf auth login`;
+        cache_dir default: the HF cache; local_files_only: no network, the cached snapshot only).
         batch_size: prompts per encoder call (prompts).
         embedding_cache_dir: reuse/keep prompt embeddings in this on-disk cache (embedding routers); default none.
         """
         if batch_size < 1:
             raise RoutingError(f"batch_size must be >= 1 (prompts), got {batch_size}")
-        directory = fetch_checkpoint(path_or_hub_id, revision)
+        directory = fetch_checkpoint(path_or_hub_id, revision, token=token, cache_dir=cache_dir,
+                                     local_files_only=local_files_only)
         expected_version = revision[1:] if (revision and is_hub_id(path_or_hub_id) and revision.startswith("v")
                                             and revision[1:2].isdigit()) else None
         manifest, config = verify_checkpoint(directory, expected_version=expected_version)
@@ -113,6 +122,18 @@ class Router:
         scorer = load_family(directory, manifest, config, batch_size=batch_size, device=device,
                              embedding_cache_dir=str(embedding_cache_dir) if embedding_cache_dir else None)
         return cls(Path(directory), manifest, config, scorer, calibration, batch_size)
+
+    def push_to_hub(self, repo_id: str, *, token: str | None = None, private: bool = False, force: bool = False,
+                    branch: str | None = None, endpoint: str | None = None) -> PublishResult:
+        """Publish this checkpoint to the Hub as `routerforge publish` does (routerforge/registry/publish.py):
+        tag v<version>, verified by sha256, and main when it is the newest version.
+
+        token: write token; default huggingface_hub's lookup (HF_TOKEN, then `hf auth login`), never stored.
+        private: create the repo private. force: publish even if the promotion gate finds it worse.
+        branch: upload branch (default release-<version>). endpoint: Hub URL (default HF_ENDPOINT).
+        """
+        return publish_checkpoint(self.path, repo_id, token=token, private=private, force=force, branch=branch,
+                                  endpoint=endpoint)
 
     @property
     def name(self) -> str:

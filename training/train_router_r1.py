@@ -1,4 +1,4 @@
-"""Train a Router-R1 policy with PPO: an LLM that thinks, calls pool models, and answers (issue 6 §3).
+"""Train a Router-R1 policy with PPO: an LLM that thinks, calls pool models, and answers.
 
     accelerate launch training/train_router_r1.py --config configs/router_r1/qwen2_5_3b.yaml [key=value ...]
     python training/train_router_r1.py --config configs/router_r1/tiny.yaml model.policy=<tiny model dir>
@@ -714,7 +714,7 @@ def main(argv: list[str] | None = None) -> dict:
             metrics={k: history[-1][k] for k in ("reward", "format_ok", "outcome", "calls_per_episode")}
             if history else {})
         # One atomic export: policy/ and pool_config.json are written into export_router's temporary directory,
-        # so a crash while saving the policy leaves the previous export as it was (issue 6 §5).
+        # so a crash while saving the policy leaves the previous export as it was.
         export_router(export_dir, {f"value_head.{k}": v for k, v in value_head_state.items()}, model_config,
                       manifest, extra_files=lambda directory: write_policy_files(directory, policy_model, tokenizer,
                                                                                  cfg.pool))

@@ -3,7 +3,7 @@
     from routerforge.encoders import embed_texts
     matrix = embed_texts(prompts, cfg.encoder)            # float32 [len(prompts), dim], row i = prompts[i]
 
-What `embed_texts` does, in order (issue §4 "Embedding"):
+What `embed_texts` does, in order:
   1. de-duplicates the texts (each distinct text is embedded once);
   2. looks every text up in the on-disk cache (`encoder.cache_dir`), keyed by
      (encoder id, revision, settings, text sha256), so a re-run embeds nothing twice;

@@ -3,14 +3,19 @@
 The card is a pure function of manifest.json and calibration.json, so it is re-rendered whenever either
 changes (export, `routerforge calibrate`, `routerforge eval --save`) and never drifts from them. Its YAML front
 matter is the Hugging Face model-card metadata (https://huggingface.co/docs/hub/model-cards#model-card-metadata):
-`library_name`, `tags`, `datasets` (the training dataset's name), `metrics` (the metrics reported below).
+`library_name`, `license`, `tags`, `base_model` (the encoder, backbone or policy the router builds on, when it
+is a Hub id), `datasets` (Hub dataset ids, when the sources were Hub datasets) and `model-index` (every saved
+evaluation), built with huggingface_hub's `ModelCardData` so the Hub's card validator accepts it.
 """
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
-import yaml
+from huggingface_hub import EvalResult, ModelCardData
+
+from routerforge.registry.load import HUB_ID_RE
 
 FAMILY_TEXT = {
     "mf": ("RouteLLM matrix-factorization router (Ong et al. 2024, arXiv 2406.18665): a bilinear score of each "
@@ -25,6 +30,10 @@ FAMILY_TEXT = {
                    "encoder: candidate-match, difficulty and win-probability heads."),
 }
 _MAX_DATA_ROWS = 20
+# The license the card declares unless the manifest names one (`license`, a Hub license id): the code's own.
+DEFAULT_LICENSE = "apache-2.0"
+METRIC_NAMES = {"apgr": "APGR", "cpt50": "CPT(50%)", "cpt80": "CPT(80%)", "auc": "AUC", "aiq": "AIQ",
+                "zero_router_aiq": "AIQ of the zero router", "oracle_aiq": "AIQ of the oracle"}
 
 
 def _fmt(value) -> str:
@@ -37,18 +46,54 @@ def _scalars(block: dict) -> list[tuple[str, object]]:
     return [(k, v) for k, v in sorted(block.items()) if isinstance(v, (int, float, str, bool))]
 
 
-def card_metadata(manifest: dict) -> dict:
-    """The Hub metadata of the card's front matter."""
+def base_model_id(manifest: dict) -> str | None:
+    """The Hub id the router builds on (its prompt encoder or backbone; Router-R1's policy), None if not a Hub id.
+
+    Encoder ids carry their backend ("sentence_transformers:sentence-transformers/all-MiniLM-L6-v2"); the packaged
+    MiniLM records its real Hub id. Local directories (e.g. a tiny model built for a test) are no Hub id.
+    """
+    candidates = [str((manifest.get("encoder") or {}).get("id") or "").split(":", 1)[-1],
+                  str(((manifest.get("config") or {}).get("model") or {}).get("policy") or "")]
+    for candidate in candidates:
+        if HUB_ID_RE.match(candidate) and ".." not in candidate and not Path(candidate).exists():
+            return candidate
+    return None
+
+
+def evaluation_results(manifest: dict) -> list[EvalResult]:
+    """One model-index entry per saved evaluation (set, pair) and metric: APGR, CPT50, CPT80, AUC (binary) or AIQ."""
+    results = []
+    for set_name, ev in sorted((manifest.get("evaluations") or {}).items()):
+        pair = f"{ev['strong']} vs {ev['weak']}" if ev.get("strong") and ev.get("weak") else "all models"
+        for metric, value in (ev.get("metrics") or {}).items():
+            if value is None or (isinstance(value, float) and not math.isfinite(value)):
+                continue  # undefined on this set (e.g. APGR when both models score the same); the report says why
+            results.append(EvalResult(
+                task_type="text-classification", task_name="LLM routing", dataset_type=set_name,
+                dataset_name=f"{set_name} ({pair})", metric_type=metric, metric_name=METRIC_NAMES.get(metric, metric),
+                metric_value=round(float(value), 6)))
+    return results
+
+
+def card_data(manifest: dict) -> ModelCardData:
+    """The Hub metadata of the card's front matter (https://huggingface.co/docs/hub/model-cards#model-card-metadata).
+
+    datasets: only Hub dataset ids (`data.hub_datasets`, recorded when the sources were Hub datasets); a local
+    dataset's name is no Hub id, so it stays in the card's text.
+    """
     router_type = manifest.get("router_type", "router")
-    tags = ["routerforge", "llm-routing", "router", str(router_type)]
-    data_name = (manifest.get("data") or {}).get("name")
-    metrics = sorted({key for ev in (manifest.get("evaluations") or {}).values() for key in ev.get("metrics", {})})
-    meta: dict = {"library_name": "routerforge", "tags": tags}
-    if data_name:
-        meta["datasets"] = [str(data_name)]
-    if metrics:
-        meta["metrics"] = metrics
-    return meta
+    hub_datasets = [str(d) for d in (manifest.get("data") or {}).get("hub_datasets") or []]
+    results = evaluation_results(manifest)
+    return ModelCardData(
+        library_name="routerforge",
+        license=str(manifest.get("license") or DEFAULT_LICENSE),
+        tags=["routerforge", "llm-routing", "router", str(router_type)],
+        base_model=base_model_id(manifest),
+        datasets=hub_datasets or None,
+        model_name=f"{manifest.get('router', manifest.get('recipe', 'router'))} {manifest.get('version', '')}".strip()
+        if results else None,
+        eval_results=results or None,
+    )
 
 
 def render_card(manifest: dict, calibration: dict) -> str:
@@ -57,7 +102,7 @@ def render_card(manifest: dict, calibration: dict) -> str:
     version = manifest.get("version", "unversioned")
     router_type = manifest.get("router_type", "?")
     git = manifest.get("git") or {}
-    lines = ["---", yaml.safe_dump(card_metadata(manifest), sort_keys=False).strip(), "---", "",
+    lines = ["---", card_data(manifest).to_yaml(), "---", "",
              f"# {name} {version}", "", FAMILY_TEXT.get(router_type, f"A `{router_type}` router."), "",
              f"- recipe: `{manifest.get('recipe')}`; created {manifest.get('created_at', '?')}",
              f"- code: git {git.get('sha') or 'unknown'}{' (uncommitted changes)' if git.get('dirty') else ''}",
@@ -104,8 +149,9 @@ def render_card(manifest: dict, calibration: dict) -> str:
             held = "-" if row.get("holdout_share") is None else f"{row['holdout_share']:.3f}"
             lines.append(f"| {row['strong_share']:g} | {row['threshold']:.6g} | {held} |")
         lines.append("")
-    lines += ["", "## Use", "", "```python", "from routerforge.router import Router",
-              f"router = Router.from_pretrained(\"<this directory or ORG/NAME>\", revision=\"v{version}\")",
+    lines += ["", "## Use", "", "```python", "from routerforge import Router",
+              "router = Router.from_pretrained(\"ORG/NAME\")  # the newest published version (branch main)",
+              f"router = Router.from_pretrained(\"ORG/NAME\", revision=\"v{version}\")  # exactly this version",
               "router.route([\"Prove that sqrt(2) is irrational.\"], strong_share=0.2)",
               "```", "", "```", "routerforge route CHECKPOINT \"your prompt\"",
               "routerforge eval CHECKPOINT --outcomes outcomes.jsonl --strong STRONG --weak WEAK", "```", "",

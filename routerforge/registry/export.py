@@ -160,6 +160,8 @@ def finalize_export(export_dir: str | Path, registry_root: str | Path = "checkpo
             "evaluations": dict(manifest.get("evaluations") or {}),
         })
         new["metrics"] = dict(manifest.get("metrics") or {})
+        if hub_ids := hub_dataset_ids(manifest.get("data") or {}):
+            new["data"] = {**new.get("data", {}), "hub_datasets": hub_ids}
         calibration = (read_calibration(export_dir, True) if CALIBRATION_FILE in manifest["files"]
                        else empty_calibration())
         atomic_write_bytes(tmp / CALIBRATION_FILE, _json_bytes(calibration))
@@ -193,6 +195,21 @@ def finalize_export(export_dir: str | Path, registry_root: str | Path = "checkpo
         raise
     write_latest(router_dir, version)
     return final
+
+
+def hub_dataset_ids(data: Mapping) -> list[str]:
+    """Hub ids of the training dataset's sources that were Hub datasets (its manifest's `sources.*.hub`), for the
+    card's `datasets:`; empty when the dataset directory is gone or every source was a local file."""
+    if data.get("hub_datasets"):
+        return sorted(str(d) for d in data["hub_datasets"])
+    if not data.get("path"):
+        return []
+    path = Path(str(data["path"])) / MANIFEST_FILE
+    try:
+        sources = json.loads(path.read_text(encoding="utf-8")).get("sources") or {}
+    except (OSError, ValueError, AttributeError):
+        return []
+    return sorted({str(s["hub"]) for s in sources.values() if isinstance(s, dict) and s.get("hub")})
 
 
 def write_calibration(directory: str | Path, entry: dict) -> dict:

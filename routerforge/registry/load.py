@@ -51,17 +51,21 @@ def is_hub_id(path_or_hub_id: str | Path) -> bool:
     return bool(HUB_ID_RE.match(text)) and not Path(text).exists() and ".." not in text
 
 
-def fetch_checkpoint(path_or_hub_id: str | Path, revision: str | None = None) -> Path:
-    """A local checkpoint directory for a path or a Hub id (downloaded at `revision`, e.g. "v1.0.0")."""
+def fetch_checkpoint(path_or_hub_id: str | Path, revision: str | None = None, *, token: str | bool | None = None,
+                     cache_dir: str | Path | None = None, local_files_only: bool = False) -> Path:
+    """A local checkpoint directory for a path or a Hub id (downloaded at `revision`, e.g. "v1.0.0"; default
+    main, the newest published version). token, cache_dir, local_files_only: as huggingface_hub's."""
     if not is_hub_id(path_or_hub_id):
         if revision is not None:
             raise CheckpointError(f"revision={revision!r} applies to Hub ids (ORG/NAME) only; {path_or_hub_id} is a "
                                   f"local path: pass its version directory instead.")
         return resolve_local_checkpoint(path_or_hub_id)
-    return download_checkpoint(str(path_or_hub_id), revision)
+    return download_checkpoint(str(path_or_hub_id), revision, token=token, cache_dir=cache_dir,
+                               local_files_only=local_files_only)
 
 
-def download_checkpoint(repo_id: str, revision: str | None) -> Path:
+def download_checkpoint(repo_id: str, revision: str | None, *, token: str | bool | None = None,
+                        cache_dir: str | Path | None = None, local_files_only: bool = False) -> Path:
     """snapshot_download of a Hub repo at `revision` (into the HF cache); CheckpointError when it cannot."""
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import (
@@ -75,10 +79,11 @@ def download_checkpoint(repo_id: str, revision: str | None) -> Path:
     endpoint = os.environ.get("HF_ENDPOINT") or None
     where = f"{repo_id}@{revision or 'main'}"
     try:
-        return Path(snapshot_download(repo_id, revision=revision, endpoint=endpoint))
+        return Path(snapshot_download(repo_id, revision=revision, endpoint=endpoint, token=token,
+                                      cache_dir=cache_dir, local_files_only=local_files_only))
     except RevisionNotFoundError:
         raise CheckpointError(f"{where}: no such revision on the Hub; published versions are tags v<version> "
-                              f"(e.g. revision='v1.0.0').") from None
+                              f"(e.g. revision='v1.0.0'), main holds the newest.") from None
     except RepositoryNotFoundError:
         raise CheckpointError(f"{repo_id}: no such model repo on the Hub (or it is private: set HF_TOKEN), and no "
                               f"local directory of that name.") from None

@@ -3,11 +3,17 @@
 Command (routerforge/cli.py wires `routerforge publish` to `publish_main`; also `python -m
 routerforge.registry.publish`)::
 
-    HF_TOKEN=hf_... routerforge publish checkpoints/mf/1.2.0 --repo my-org/mf-router [--force] [--private] [--branch B]
+    HF_TOKEN=hf_... routerforge publish checkpoints/mf --repo my-org/mf-router [--force] [--private] [--branch B]
+
+Layout on the Hub: branch `main` holds the newest published version (card, weights, manifest), so
+`Router.from_pretrained("my-org/mf-router")` loads it and the repo page shows its card; every version stays
+as an immutable tag `v<version>` (plus its upload branch `release-<version>`), so
+`Router.from_pretrained("my-org/mf-router", revision="v1.2.0")` pins one.
 
 Steps, in order; nothing touches the network before step 2:
 
-1. Validate the checkpoint directory `checkpoints/<router>/<version>/`: `manifest.json` with `router`,
+1. Validate the checkpoint directory `checkpoints/<router>/<version>/` (or `checkpoints/<router>`, which
+   follows its LATEST like every other command): `manifest.json` with `router`,
    `version` ("MAJOR.MINOR.PATCH"), `recipe`, `files` ({relative path: sha256}) and `metrics`; every file
    on disk listed in `files` with a matching sha256 and every listed file present; only safetensors, JSON,
    markdown, PNG and tokenizer files (`spm.model`, `tokenizer.model`, `sentencepiece.bpe.model`,
@@ -15,7 +21,8 @@ Steps, in order; nothing touches the network before step 2:
    header, parseable JSON, a PNG signature, UTF-8 markdown), no symlinks, and the token in no file.
    Anything else is refused with one line naming each offending file.
 2. Read the repo's tags. Published versions are tags `v<version>`; refuse if `v<version>` exists (tags
-   are immutable) or a higher version is published (versions only increase).
+   are immutable). An older version than the newest published one (a patch of an earlier release) is
+   published as its tag, but never moves `main` back.
 3. Promotion gate (below).
 4. `create_repo(exist_ok=True)`, then `create_branch("release-<version>")` (or `--branch`) from the
    default branch, `exist_ok` so that a re-run after a failure resumes.
@@ -25,14 +32,17 @@ Steps, in order; nothing touches the network before step 2:
 7. Verify: `snapshot_download(revision="v<version>")` into a temporary cache, check the tag resolves to
    the uploaded commit and that every file's sha256 equals the local one, with no extra or missing file.
    On a mismatch the tag is deleted again, so a tag always marks verified content.
+8. Only when this is now the newest published version: `upload_folder` the same files to `main` (again with
+   `delete_patterns="*"`) and verify `main` the same way. A re-run after a failure here finds the tag
+   published and verified, and only brings `main` up to it.
 
 Promotion gate. A checkpoint's gate metric is `manifest["metrics"]["gate"]`::
 
     {"set": str, "metric": str, "value": float, "higher_is_better": bool}
 
 e.g. `{"set": "mt-bench-gate", "metric": "apgr", "value": 0.71, "higher_is_better": true}`. It is compared
-with the same field of the latest published version's `manifest.json` on the Hub (latest = highest
-`vMAJOR.MINOR.PATCH` tag). Worse (strictly) -> refused unless `--force`; equal or better -> published.
+with the same field of the `manifest.json` of the published version it follows on the Hub (the highest
+`vMAJOR.MINOR.PATCH` tag below it: the newest one for a new release, 1.0.0 for a patch 1.0.1). Worse (strictly) -> refused unless `--force`; equal or better -> published.
 Missing or not comparable:
 - nothing published yet -> published, with a printed note (a first publish must just work);
 - the published manifest has no (or a malformed) gate -> published, with a note (older versions may predate it);
@@ -76,6 +86,7 @@ from typing import Any, TypeVar
 
 from routerforge import __version__
 from routerforge.errors import CheckpointError, RouterForgeError
+from routerforge.registry.versions import LATEST_FILE, resolve_local_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +98,7 @@ VERSION_TAG_RE = re.compile(rf"^v{_SEMVER}$")
 # Hub repo names: letters, digits, '-', '_', '.', at most 96 characters each side of the '/'.
 REPO_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 BRANCH_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$")
+MAIN_BRANCH = "main"  # the Hub's default branch: what a bare `from_pretrained(repo_id)` downloads
 ALLOWED_SUFFIXES = (".safetensors", ".json", ".md", ".png")
 # Tokenizer files that are neither JSON nor markdown (sentencepiece protobufs, BPE/WordPiece vocabularies).
 TOKENIZER_FILENAMES = frozenset(
@@ -140,6 +152,7 @@ class PublishResult:
     tag: str
     commit_sha: str
     verified_files: dict[str, str]  # relative path -> sha256, as downloaded from the tag and compared
+    main_commit_sha: str | None = None  # commit `main` holds this version in; None: a newer version is on main
     notes: tuple[str, ...] = ()
     attempts: dict[str, int] = field(default_factory=dict)  # step -> attempts it took (1 = no retry)
 
@@ -231,6 +244,10 @@ def validate_checkpoint(checkpoint_dir: str | Path, *, secret: str | None = None
     offending files.
     """
     root = Path(checkpoint_dir)
+    if root.name in (LATEST_FILE, "latest") or (
+        (root / LATEST_FILE).is_file() and not (root / MANIFEST_NAME).is_file()
+    ):
+        root = resolve_local_checkpoint(root)  # checkpoints/<router>: its LATEST version, as eval and route do
     if not root.is_dir():
         raise CheckpointError(
             f"{root}: checkpoint directory not found. Pass a final export checkpoints/<router>/<version>/."
@@ -384,7 +401,8 @@ def check_gate(
     )
     if worse:
         return refuse_or_note(
-            f"promotion gate: worse than the latest published version: {comparison}", "Improve it"
+            f"promotion gate: worse than published v{published_version}, the version it follows: {comparison}",
+            "Improve it",
         )
     return [f"promotion gate passed: {comparison}."]
 
@@ -582,6 +600,52 @@ def _verification_problems(
     return problems
 
 
+def _upload(api, checkpoint: CheckpointInfo, repo_id: str, branch: str) -> str:
+    """upload_folder of the checkpoint to `branch`; the commit sha the branch then points to."""
+    commit = api.upload_folder(
+        repo_id=repo_id,
+        folder_path=checkpoint.path,
+        revision=branch,
+        commit_message=f"Publish {checkpoint.router} {checkpoint.version}",
+        commit_description=f"routerforge {__version__}, recipe {checkpoint.recipe}, {len(checkpoint.file_sha256)} files",
+        delete_patterns="*",  # the branch holds exactly this checkpoint (.gitattributes is always kept)
+    )
+    return commit.oid
+
+
+def published_commit(api, repo_id: str, tag: str) -> str:
+    return next(ref.target_commit for ref in api.list_repo_refs(repo_id).tags if ref.name == tag)
+
+
+def _main_version(api, retrier: _Retrier, repo_id: str, endpoint: str, token: str) -> str | None:
+    """The version `main` holds (its manifest's), None when main holds no RouterForge checkpoint."""
+    manifest = retrier.run(
+        "read main's manifest",
+        lambda: _download_manifest(repo_id, MAIN_BRANCH, endpoint, token),
+        on_failure="Nothing was changed; re-run the same command.",
+    )
+    return manifest.get("version") if manifest else None
+
+
+def _update_main(
+    api, retrier: _Retrier, checkpoint: CheckpointInfo, repo_id: str, tag: str, endpoint: str, token: str
+) -> str:
+    """Step 8: `main` gets exactly the files of the verified tag, checked by sha256; the commit sha of main."""
+    again = f"{tag} is published and verified, but main still holds the previous version; re-run the same command."
+    main_sha = retrier.run(
+        "update main", lambda: _upload(api, checkpoint, repo_id, MAIN_BRANCH), on_failure=again
+    )
+    main_commit, downloaded = retrier.run(
+        "verify main", lambda: _download_tag(repo_id, MAIN_BRANCH, endpoint, token), on_failure=again
+    )
+    if problems := _verification_problems(checkpoint.file_sha256, downloaded, main_commit, main_sha):
+        raise PublishError(
+            f"{repo_id}: main failed verification after the upload ({'; '.join(problems)}); {tag} is published and"
+            " verified. Re-run the same command to upload main again."
+        )
+    return main_sha
+
+
 def _hub_endpoint(endpoint: str | None) -> str:
     from huggingface_hub import constants
 
@@ -628,9 +692,10 @@ def publish_checkpoint(
     checkpoint = validate_checkpoint(checkpoint_dir, secret=token)
     version, tag = checkpoint.version, f"v{checkpoint.version}"
     branch = branch or f"release-{version}"
-    if not BRANCH_RE.match(branch) or branch == tag or VERSION_TAG_RE.match(branch):
+    if not BRANCH_RE.match(branch) or branch in (tag, MAIN_BRANCH) or VERSION_TAG_RE.match(branch):
         raise PublishError(
-            f"--branch {branch!r}: not a valid branch name (and it must differ from the tag {tag})."
+            f"--branch {branch!r}: not a valid upload branch (it must differ from the tag {tag}, and from main,"
+            " which publishing moves to the newest version by itself)."
         )
 
     from huggingface_hub import HfApi, constants
@@ -648,32 +713,39 @@ def publish_checkpoint(
     published = retrier.run(
         "list published versions", lambda: _published_versions(api, repo_id), on_failure=not_tagged
     )
+    newest = max(published, default=None)
+    is_newest = newest is None or _semver(version) >= newest
     if tag in published.values():
+        # Re-run after step 8 failed: the tag is published and verified; only `main` lags behind it.
+        if _semver(version) == newest and _main_version(api, retrier, repo_id, hub_endpoint, token) != version:
+            main_sha = _update_main(api, retrier, checkpoint, repo_id, tag, hub_endpoint, token)
+            print(f"note: {tag} was already published; brought main up to it.")
+            return PublishResult(repo_id, f"{hub_endpoint}/{repo_id}", version, branch, tag,
+                                 published_commit(api, repo_id, tag), dict(checkpoint.file_sha256), main_sha,
+                                 ("main brought up to the already published version",), dict(retrier.attempts))
         raise PublishError(
             f"{repo_id}: {tag} is already published and tags are immutable. Bump 'version' in manifest.json."
         )
-    latest = max(published, default=None)
-    if latest is not None and latest > _semver(version):
-        raise PublishError(
-            f"{repo_id}: {version} is older than the latest published {published[latest]}; versions only increase."
-            " Bump 'version' in manifest.json."
-        )
-    latest_manifest = None
-    if latest is not None:
-        latest_manifest = retrier.run(
-            "read latest manifest",
-            lambda: _download_manifest(repo_id, published[latest], hub_endpoint, token),
+    follows = max((v for v in published if v < _semver(version)), default=None)
+    follows_manifest = None
+    if follows is not None:
+        follows_manifest = retrier.run(
+            "read the manifest of the version it follows",
+            lambda: _download_manifest(repo_id, published[follows], hub_endpoint, token),
             on_failure=not_tagged,
         )
     try:
-        latest_gate = (
-            read_gate(latest_manifest, f"{repo_id}@{published[latest]}") if latest_manifest else None
+        follows_gate = (
+            read_gate(follows_manifest, f"{repo_id}@{published[follows]}") if follows_manifest else None
         )
     except CheckpointError as err:
         notes.append(f"ignoring the malformed gate of the published version: {err}")
-        latest_gate = None
-    latest_version = published[latest][1:] if latest is not None else None
-    notes += check_gate(checkpoint.gate, version, latest_gate, latest_version, force=force)
+        follows_gate = None
+    follows_version = published[follows][1:] if follows is not None else None
+    notes += check_gate(checkpoint.gate, version, follows_gate, follows_version, force=force)
+    if not is_newest:
+        notes.append(f"main stays at {published[newest]}: {version} is older, so it is published as {tag} only"
+                     " (main never moves back).")
     for note in notes:
         print(f"note: {note}")
 
@@ -688,19 +760,9 @@ def publish_checkpoint(
         on_failure=not_tagged,
     )
     logger.info("%s: uploading %d files to branch %s", repo_id, len(checkpoint.file_sha256), branch)
-    commit = retrier.run(
-        "upload",
-        lambda: api.upload_folder(
-            repo_id=repo_id,
-            folder_path=checkpoint.path,
-            revision=branch,
-            commit_message=f"Publish {checkpoint.router} {version}",
-            commit_description=f"routerforge {__version__}, recipe {checkpoint.recipe}, {len(checkpoint.file_sha256)} files",
-            delete_patterns="*",  # the branch holds exactly this checkpoint (.gitattributes is always kept)
-        ),
-        on_failure=not_tagged,
+    commit_sha = retrier.run(
+        "upload", lambda: _upload(api, checkpoint, repo_id, branch), on_failure=not_tagged
     )
-    commit_sha = commit.oid
     retrier.run(
         "create tag",
         lambda: _create_tag(api, repo_id, tag, commit_sha, f"{checkpoint.router} {version}"),
@@ -721,6 +783,9 @@ def publish_checkpoint(
             f"{repo_id}: {tag} failed verification ({'; '.join(problems)}); the tag was deleted, branch '{branch}'"
             " keeps the upload for inspection. Re-run to publish again."
         )
+    main_sha = (
+        _update_main(api, retrier, checkpoint, repo_id, tag, hub_endpoint, token) if is_newest else None
+    )
     return PublishResult(
         repo_id=repo_id,
         repo_url=repo_url,
@@ -729,6 +794,7 @@ def publish_checkpoint(
         tag=tag,
         commit_sha=commit_sha,
         verified_files={path: downloaded[path] for path in checkpoint.file_sha256},
+        main_commit_sha=main_sha,
         notes=tuple(notes),
         attempts=dict(retrier.attempts),
     )
@@ -746,10 +812,13 @@ def publish_main(argv: Sequence[str] | None = None) -> int:
     """
     parser = argparse.ArgumentParser(
         prog="routerforge publish",
-        description="Upload a checkpoint to the Hugging Face Hub, tag it v<version> and verify the tag by sha256."
-        " The token is read from HF_TOKEN; HF_ENDPOINT selects another Hub.",
+        description="Upload a checkpoint to the Hugging Face Hub, tag it v<version>, verify the tag by sha256, and"
+        " move main to it when it is the newest published version. The token is read from HF_TOKEN;"
+        " HF_ENDPOINT selects another Hub.",
     )
-    parser.add_argument("checkpoint", type=Path, help="checkpoint directory, checkpoints/<router>/<version>/")
+    parser.add_argument(
+        "checkpoint", type=Path, help="checkpoints/<router>/<version>/, or checkpoints/<router> (its LATEST)"
+    )
     parser.add_argument("--repo", required=True, metavar="ORG/NAME", help="Hub model repo to publish to")
     parser.add_argument(
         "--force",
@@ -759,7 +828,9 @@ def publish_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--private", action="store_true", help="create the repo private (no effect if it exists)"
     )
-    parser.add_argument("--branch", default=None, help="branch to upload to (default: release-<version>)")
+    parser.add_argument(
+        "--branch", default=None, help="branch to upload the version to (default: release-<version>; not main)"
+    )
     args = parser.parse_args(argv)
     try:
         result = publish_checkpoint(
@@ -768,8 +839,9 @@ def publish_main(argv: Sequence[str] | None = None) -> int:
     except RouterForgeError as err:
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code
+    on_main = "main holds it" if result.main_commit_sha else "main keeps the newer version"
     print(
-        f"published {result.repo_id} {result.tag} (branch {result.branch}, commit {result.commit_sha}):"
+        f"published {result.repo_id} {result.tag} (branch {result.branch}, commit {result.commit_sha}; {on_main}):"
         f" {len(result.verified_files)} files verified by sha256. {result.repo_url}"
     )
     return 0

@@ -1,4 +1,4 @@
-"""The PPO critic of Router-R1: a scalar value head on a transformer trunk (issue 6 §3).
+"""The PPO critic of Router-R1: a scalar value head on a transformer trunk.
 
 Router-R1 (arXiv 2506.09033) trains with veRL, whose critic is a separate copy of the policy LM with
 its vocabulary head replaced by a 1-unit linear head (``AutoModelForTokenClassification`` with

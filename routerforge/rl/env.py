@@ -1,4 +1,4 @@
-"""The multi-turn routing environment (issue §1): policy text, candidate calls, inserted information, reward.
+"""The multi-turn routing environment: policy text, candidate calls, inserted information, reward.
 
     env = RoutingEnv(pool, RewardConfig(), CostNormalizer(), EnvConfig(max_turns=4))
     rollouts = env.rollout_many(tasks, policy)      # policy(list of contexts) -> list of generated texts

@@ -1,4 +1,4 @@
-"""Evaluate Router-R1 exports on held-out tasks, like the other routers (issue 6 §5).
+"""Evaluate Router-R1 exports on held-out tasks, like the other routers.
 
     report = evaluate_export("checkpoints/router_r1/<run>/final", EvalSettings(alphas=(0.0, 0.3, 0.6)))
     routerforge eval-router-r1 --export DIR [--export DIR ...] [--alphas 0,0.3,0.6] [--max-tasks N] --out DIR

@@ -1,4 +1,4 @@
-"""GRPO for Router-R1 through TRL's `GRPOTrainer`: a DEVIATION from the paper, which trains with PPO (issue 6 §3).
+"""GRPO for Router-R1 through TRL's `GRPOTrainer`: a DEVIATION from the paper, which trains with PPO.
 
     rollout_func = make_rollout_func(env, tokenizer, tasks_by_prompt, settings, use_chat_template, max_response_tokens)
     trainer = build_grpo_trainer(policy, tokenizer, args, prompts, rollout_func, normalizer)

@@ -1,4 +1,4 @@
-"""Typed config of a candidate-model pool (issue §2), and its resolution into model cards with prices.
+"""Typed config of a candidate-model pool, and its resolution into model cards with prices.
 
 A pool is a list of models the policy may call, each with the name it writes in
 ``<search>Name: query</search>``, a description shown to the policy, and $ per million input/output
@@ -85,7 +85,7 @@ class RecordedPoolConfig:
     serve: str = doc("what goes inside <information>: response (the recorded answer text) or final_number (only "
                      "its final number, routerforge/rl/tasks.py final_number; the whole text when it has none). "
                      "The cost is the full recorded exchange either way. final_number is for tiny test policies "
-                     "that cannot find the result in a long solution (issue 6 §4)", default="response")
+                     "that cannot find the result in a long solution", default="response")
 
     def __post_init__(self) -> None:
         if self.serve not in RECORDED_SERVE:

@@ -1,4 +1,4 @@
-"""Candidate pools behind one interface (issue §2): recorded answers, local HF causal LMs, an OpenAI-compatible API.
+"""Candidate pools behind one interface: recorded answers, local HF causal LMs, an OpenAI-compatible API.
 
     pool = build_pool(cfg.pool)
     answers = pool.answer_many([CandidateCall(model="GPT-4-Turbo", query="...", question="...")])
@@ -302,7 +302,7 @@ class RecordedPool:
         answers = []
         for call, (prompt, similarity) in zip(calls, matches, strict=True):
             if similarity < self.cfg.match_threshold:
-                # No recorded prompt is close to the sub-query: serve the episode's question (issue §2).
+                # No recorded prompt is close to the sub-query: serve the episode's question.
                 prompt = _same_text_key(call.question)
                 if prompt not in self._prompt_set:
                     raise PoolError(f"recorded pool: the episode's question is not in {self.cfg.table} "

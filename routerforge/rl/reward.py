@@ -1,6 +1,6 @@
 """Router-R1's rule-based reward: format, outcome (EM or F1), and a rolling-window normalised cost reward.
 
-Router-R1 (arXiv 2506.09033; issue §1): the reward has three parts and is hierarchical: a format
+Router-R1 (arXiv 2506.09033): the reward has three parts and is hierarchical: a format
 violation gives -1 and nothing else counts; otherwise the reward is
 
     r = (1 - alpha) * R_outcome + alpha * R_cost

@@ -1,4 +1,4 @@
-"""Offline routing tasks built from real outcome data: GSM8K from RouteLLM's recorded responses (issue §4).
+"""Offline routing tasks built from real outcome data: GSM8K from RouteLLM's recorded responses.
 
 A task is a question and its acceptable answers. RouteLLM's ``gsm8k_responses.csv`` (lm-sys/RouteLLM
 ``routellm/evals``, bundled in data/routellm/gsm8k) holds, for the 1,319 GSM8K test questions, the

@@ -97,7 +97,7 @@ def export_router(export_dir: Path, state_dict: dict[str, torch.Tensor], model_c
     extra_files: writes a recipe's further files (a policy in save_pretrained format, a backbone, a pool
     config) into the directory it is given, the temporary one, after model.safetensors and config.json and
     before the manifest: every file it writes is listed in manifest.json with its sha256, and if it fails
-    the previous export stays untouched (issue 6 §5). It must not write manifest.json.
+    the previous export stays untouched. It must not write manifest.json.
     """
     export_dir = Path(export_dir)
     export_dir.parent.mkdir(parents=True, exist_ok=True)

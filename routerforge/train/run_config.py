@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import TypeVar
 
 from routerforge.config import doc, load_config
+from routerforge.config_reference import format_help
+from routerforge.recipes import resolve_config_path
 
 T = TypeVar("T")
 
@@ -234,11 +236,14 @@ It is top level because it is a per-invocation choice (`... resume=auto`), not p
 
 def parse_recipe_args(config_cls: type[T], argv: list[str] | None, description: str = "") -> T:
     """`--config file.yaml key=value ...` -> a validated, frozen `config_cls` (ConfigError on any problem)."""
-    parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--config", type=Path, default=None, help="YAML config file (configs/<recipe>/*.yaml)")
+    parser = argparse.ArgumentParser(description=description, epilog=format_help(config_cls),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default=None, metavar="FILE|RECIPE/NAME",
+                        help="YAML config file, or a packaged config by name (e.g. mf/default, mf/tiny)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.lr=1e-3 run.epochs=2")
     args = parser.parse_args(argv)
-    return load_config(config_cls, args.config, args.overrides)
+    config_path = resolve_config_path(args.config) if args.config is not None else None
+    return load_config(config_cls, config_path, args.overrides)
 
 
 def run_dir_for(run: RunConfig, router: str) -> Path:

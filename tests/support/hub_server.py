@@ -10,7 +10,8 @@ Endpoints, as huggingface_hub 2.4 calls them (checked against its source: hf_api
 _upload_pipeline.py, file_download.py, _snapshot_download.py, utils/_pagination.py, utils/_http.py):
 
     POST   /api/repos/create                                create_repo; 409 body carries `url` (exist_ok reads it)
-    POST   /api/validate-yaml                               README.md front matter check (upload_folder / create_commit)
+    POST   /api/validate-yaml                               README.md front matter check (upload_folder / create_commit,
+                                                            ModelCard.validate): YAML, and `card_metadata_errors`
     GET    /api/whoami-v2                                   whoami
     POST   /api/{type}s/{ns}/{name}/preupload/{rev}         upload mode per file: always `uploadMode: regular`,
                                                             `shouldIgnore: false`, `oid` (git sha1) of the file on rev
@@ -66,6 +67,64 @@ _RESOLVE_RE = re.compile(
     r"^/(?:(?P<type>datasets|spaces)/)?(?P<ns>[^/]+)/(?P<name>[^/]+)/resolve/(?P<rev>[^/]+)/(?P<file>.+)$"
 )
 _COMMIT_OID_RE = re.compile(r"^[0-9a-f]{40}$")
+
+
+# Licence ids the Hub accepts in card metadata (https://huggingface.co/docs/hub/repositories-licenses; abridged).
+HUB_LICENSES = frozenset({
+    "apache-2.0", "mit", "bsd-3-clause", "cc-by-4.0", "cc-by-sa-4.0", "cc-by-nc-4.0", "cc-by-nc-sa-4.0",
+    "cc0-1.0", "llama2", "llama3", "llama3.1", "gemma", "openrail", "other", "unknown",
+})
+_HUB_ID_RE = re.compile(r"^(?:[A-Za-z0-9][A-Za-z0-9._-]*/)?[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def card_metadata_errors(meta: dict) -> list[str]:
+    """What the Hub's card validator refuses in model-card metadata, for the fields RouterForge writes:
+    license (a known id), library_name, tags, datasets and base_model (repo ids), and the model-index schema
+    (https://github.com/huggingface/hub-docs/blob/main/modelcard.md: name, results[].task.type,
+    results[].dataset.type/name, results[].metrics[].type/value)."""
+    errors = []
+    if "license" in meta and meta["license"] not in HUB_LICENSES:
+        errors.append(f'"license" must be one of the Hub license identifiers, got {meta["license"]!r}')
+    if "library_name" in meta and not isinstance(meta["library_name"], str):
+        errors.append('"library_name" must be a string')
+    for key in ("tags", "datasets", "base_model"):
+        value = meta.get(key)
+        if value is None:
+            continue
+        items = [value] if isinstance(value, str) and key != "tags" else value
+        if not isinstance(items, list) or not all(isinstance(v, str) for v in items):
+            errors.append(f'"{key}" must be a list of strings')
+        elif key != "tags" and (bad := [v for v in items if not _HUB_ID_RE.match(v)]):
+            errors.append(f'"{key}" must hold repo ids, got {bad}')
+    index = meta.get("model-index")
+    if index is None:
+        return errors
+    if not isinstance(index, list):
+        return [*errors, '"model-index" must be an array']
+    for i, model in enumerate(index):
+        where = f"model-index[{i}]"
+        if not isinstance(model, dict) or not isinstance(model.get("name"), str):
+            errors.append(f'"{where}.name" is required')
+            continue
+        results = model.get("results")
+        if not isinstance(results, list):
+            errors.append(f'"{where}.results" must be an array')
+            continue
+        for j, result in enumerate(results):
+            at = f"{where}.results[{j}]"
+            task, dataset, metrics = (result.get(k) if isinstance(result, dict) else None
+                                      for k in ("task", "dataset", "metrics"))
+            if not (isinstance(task, dict) and isinstance(task.get("type"), str)):
+                errors.append(f'"{at}.task.type" is required')
+            if not (isinstance(dataset, dict) and all(isinstance(dataset.get(k), str) for k in ("type", "name"))):
+                errors.append(f'"{at}.dataset.type" and "{at}.dataset.name" are required')
+            if not isinstance(metrics, list) or not metrics:
+                errors.append(f'"{at}.metrics" must be a non-empty array')
+                continue
+            for k, metric in enumerate(metrics):
+                if not (isinstance(metric, dict) and isinstance(metric.get("type"), str) and "value" in metric):
+                    errors.append(f'"{at}.metrics[{k}]" needs "type" and "value"')
+    return errors
 
 
 def git_blob_oid(content: bytes) -> str:
@@ -558,6 +617,8 @@ class _HubHandler(BaseHTTPRequestHandler):
             return _Response.json(400, {"errors": [{"message": f"invalid YAML: {err}"}]})
         if meta is not None and not isinstance(meta, dict):
             return _Response.json(400, {"errors": [{"message": "YAML metadata must be a mapping"}]})
+        if errors := card_metadata_errors(meta or {}):
+            return _Response.json(400, {"errors": [{"message": e} for e in errors]})
         return _Response.json(200, {"errors": [], "warnings": []})
 
     def _repo_info(self, repo_type: str, repo_id: str, revision: str) -> _Response:

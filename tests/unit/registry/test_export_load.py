@@ -67,7 +67,9 @@ def test_finalize_writes_a_versioned_verified_checkpoint_and_latest(mf_export, t
     # The model card carries Hub metadata and the pool.
     card = (version_dir / "README.md").read_text()
     front = yaml.safe_load(card.split("---")[1])
-    assert front["library_name"] == "routerforge" and "mf" in front["tags"] and front["datasets"] == ["mmlu2"]
+    assert front["library_name"] == "routerforge" and "mf" in front["tags"] and front["license"] == "apache-2.0"
+    assert front["base_model"] == "sentence-transformers/all-MiniLM-L6-v2"  # the encoder the router builds on
+    assert "datasets" not in front and "- name: mmlu2" in card  # a local dataset: named in the text, no Hub id
     assert all(model in card for model in manifest["model_pool"])
     assert "## Intended use" in card and "## Limitations" in card
     # publish accepts it as is (its own contract: semver dir, files listed, allowlisted types).
@@ -176,19 +178,64 @@ def test_update_checkpoint_rehashes_and_rerenders_the_card(mf_export, tmp_path):
     validate_checkpoint(version_dir)
 
 
-def test_publish_then_load_from_the_hub_by_version_tag(hub_env, mf_export, tmp_path):
+def test_publish_then_load_from_the_hub_newest_on_main_and_pinned_by_tag(hub_env, base, mf_export, tmp_path,
+                                                                        monkeypatch):
+    """The Hub round trip: 1.0.0, then 1.1.0; a bare id loads 1.1.0, a tag pins 1.0.0; a later 1.0.1 leaves main."""
+    from huggingface_hub import ModelCard, RepoCard, constants
+
     repo = "rf-org/mf-router"
-    version_dir = finalize_export(mf_export, tmp_path / "checkpoints")
-    result = publish_checkpoint(version_dir, repo, backoff_s=0.01)
-    assert result.tag == "v1.0.0"
+    table = rr.eval_table(base)
+
+    def finalize(root: Path, version: str) -> Path:
+        return finalize_export(mf_export, root, version=version, eval_outcomes={"mmlu-geo": table}, strong=rr.STRONG,
+                               weak=rr.WEAK, gate_set="mmlu-geo", n_bootstrap=20)
+
+    first = publish_checkpoint(finalize(tmp_path / "checkpoints", "1.0.0"), repo, backoff_s=0.01)
+    version_dir = finalize(tmp_path / "checkpoints", "1.1.0")
+    second = publish_checkpoint(tmp_path / "checkpoints" / "mf", repo, backoff_s=0.01)  # follows LATEST
+    assert (first.tag, second.tag) == ("v1.0.0", "v1.1.0")
 
     local = Router.from_pretrained(version_dir)
-    remote = Router.from_pretrained(repo, revision="v1.0.0")
-    assert remote.version == "1.0.0" and remote.name == "mf"
-    assert remote.path.name == result.commit_sha  # the HF cache snapshot of the tagged commit
+    remote = Router.from_pretrained(repo)  # no revision: main, the newest published version
+    assert remote.version == "1.1.0" and remote.name == "mf"
+    assert remote.path.name == second.main_commit_sha  # the HF cache snapshot of main
+    pinned = Router.from_pretrained(repo, revision="v1.0.0")
+    assert pinned.version == "1.0.0" and pinned.path.name == first.commit_sha
     np.testing.assert_array_equal(remote.score(PROBE, rr.STRONG, rr.WEAK), local.score(PROBE, rr.STRONG, rr.WEAK))
     assert remote.route(PROBE, threshold=0.5, strong=rr.STRONG, weak=rr.WEAK) == \
         local.route(PROBE, threshold=0.5, strong=rr.STRONG, weak=rr.WEAK)
+
+    # A patch of the older release, published through the Router: tagged, main stays at 1.1.0.
+    patch = Router.from_pretrained(finalize(tmp_path / "patches", "1.0.1")).push_to_hub(repo)
+    assert patch.tag == "v1.0.1" and patch.main_commit_sha is None
+    fresh_cache = tmp_path / "fresh-cache"
+    assert Router.from_pretrained(repo, cache_dir=fresh_cache).version == "1.1.0"
+    assert Router.from_pretrained(repo, revision="v1.0.1", cache_dir=fresh_cache).version == "1.0.1"
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # from the cache alone, no request
+    requests_before = len(hub_env.requests)
+    assert Router.from_pretrained(repo, cache_dir=fresh_cache, local_files_only=True).version == "1.1.0"
+    assert len(hub_env.requests) == requests_before
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+
+    # The card on main, as the Hub serves it: the Hub's validator accepts it; model-index holds the evaluation.
+    monkeypatch.setattr(constants, "ENDPOINT", hub_env.url)  # ModelCard.validate posts to constants.ENDPOINT
+    card = ModelCard(hub_env.files_at(repo, "main")["README.md"].decode())
+    card.validate()
+    assert hub_env.requests_matching("POST", "/api/validate-yaml")[-1].status == 200
+    assert card.data.library_name == "routerforge" and card.data.license == "apache-2.0"
+    assert card.data.base_model == "sentence-transformers/all-MiniLM-L6-v2"
+    assert card.data.datasets is None  # the sources were local files: no Hub dataset id to name
+    evaluation = json.loads((version_dir / "manifest.json").read_text())["evaluations"]["mmlu-geo"]["metrics"]
+    results = {r.metric_type: r for r in card.data.eval_results}
+    assert set(results) == {k for k, v in evaluation.items() if v is not None} >= {"apgr", "cpt50", "cpt80"}
+    assert all(r.dataset_type == "mmlu-geo" and r.dataset_name == f"mmlu-geo ({rr.STRONG} vs {rr.WEAK})"
+               for r in results.values())
+    assert results["apgr"].metric_value == pytest.approx(evaluation["apgr"], abs=1e-6)
+    # The validator is real: a card whose model-index lacks its metrics is refused.
+    # (RepoCard: ModelCard itself would refuse to parse it before asking the Hub.)
+    broken = RepoCard(str(card).replace("    metrics:\n", "    metricz:\n"))
+    with pytest.raises(ValueError, match=r"results\[0\]\.metrics"):
+        broken.validate(repo_type="model")
 
     with pytest.raises(CheckpointError, match=r"rf-org/mf-router@v9\.9\.9: no such revision on the Hub"):
         Router.from_pretrained(repo, revision="v9.9.9")

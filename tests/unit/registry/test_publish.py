@@ -137,6 +137,9 @@ def test_publish_round_trip_then_next_version(hub_env, hub_token, make_checkpoin
     assert result.tag == "v1.0.0" and result.branch == "release-1.0.0"
     assert refs["tags"] == {"v1.0.0": result.commit_sha}
     assert refs["branches"]["release-1.0.0"] == result.commit_sha
+    # main holds the newest version too (what a bare from_pretrained(repo_id) and the repo page show).
+    assert result.main_commit_sha == refs["branches"]["main"] != result.commit_sha
+    assert hub_env.files_at(REPO, "main") == hub_env.files_at(REPO, "v1.0.0")
     assert result.repo_url == f"{hub_env.url}/{REPO}"
     local = sha256_tree(first)
     assert result.verified_files == local
@@ -171,6 +174,7 @@ def test_publish_round_trip_then_next_version(hub_env, hub_token, make_checkpoin
     refs = hub_env.refs(REPO)
     assert refs["tags"] == {"v1.0.0": result.commit_sha, "v1.1.0": result2.commit_sha}
     assert result2.commit_sha != result.commit_sha
+    assert hub_env.files_at(REPO, "main") == hub_env.files_at(REPO, "v1.1.0")
     assert hub_env.files_at(REPO, "v1.0.0")["model.safetensors"] == (first / "model.safetensors").read_bytes()
     assert (
         hub_env.files_at(REPO, "v1.1.0")["model.safetensors"] == (second / "model.safetensors").read_bytes()
@@ -187,18 +191,52 @@ def test_first_publish_without_gate_prints_a_note(hub_env, make_checkpoint, caps
     assert "note: first published version" in capsys.readouterr().out
 
 
-def test_published_versions_are_immutable_and_only_increase(hub_env, make_checkpoint, tmp_path):
-    checkpoint = make_checkpoint("1.1.0")
-    publish_checkpoint(checkpoint, REPO, **FAST)
+def test_published_versions_are_immutable_and_an_older_one_never_moves_main(hub_env, make_checkpoint, capsys):
+    publish_checkpoint(make_checkpoint("1.0.0", gate_value=0.70), REPO, **FAST)
+    newest = make_checkpoint("1.1.0", gate_value=0.74, seed=1)
+    publish_checkpoint(newest, REPO, **FAST)
+    main_before = hub_env.refs(REPO)["branches"]["main"]
     writes_before = len(hub_env.requests_matching("POST"))
-
     with pytest.raises(PublishError, match=r"v1\.1\.0 is already published and tags are immutable"):
-        publish_checkpoint(checkpoint, REPO, **FAST)
-    older = make_checkpoint("1.0.5")
-    with pytest.raises(PublishError, match=r"1\.0\.5 is older than the latest published v1\.1\.0"):
-        publish_checkpoint(older, REPO, **FAST)
+        publish_checkpoint(newest, REPO, **FAST)
     assert len(hub_env.requests_matching("POST")) == writes_before  # refused before any write
-    assert list(hub_env.refs(REPO)["tags"]) == ["v1.1.0"]
+    capsys.readouterr()
+
+    # A patch of the older release: gated against v1.0.0 (the version it follows), tagged, main untouched.
+    patch = publish_checkpoint(make_checkpoint("1.0.1", gate_value=0.71, seed=2), REPO, **FAST)
+    assert patch.main_commit_sha is None
+    assert "0.71 for 1.0.1 vs 0.7 for published v1.0.0" in " ".join(patch.notes)
+    out = capsys.readouterr().out
+    assert "note: main stays at v1.1.0: 1.0.1 is older, so it is published as v1.0.1 only" in out
+    refs = hub_env.refs(REPO)
+    assert sorted(refs["tags"]) == ["v1.0.0", "v1.0.1", "v1.1.0"]
+    assert refs["branches"]["main"] == main_before
+    assert json.loads(hub_env.files_at(REPO, "main")["manifest.json"])["version"] == "1.1.0"
+
+
+def test_publish_follows_latest_of_a_router_directory(hub_env, make_checkpoint):
+    make_checkpoint("1.0.0")
+    newest = make_checkpoint("1.2.0", seed=1)
+    router_dir = newest.parent
+    (router_dir / "LATEST").write_text("1.2.0\n")
+    result = publish_checkpoint(router_dir, REPO, **FAST)
+    assert result.tag == "v1.2.0"
+    assert result.verified_files == sha256_tree(newest)
+
+
+def test_a_rerun_after_main_failed_only_brings_main_up(hub_env, make_checkpoint):
+    publish_checkpoint(make_checkpoint("1.0.0"), REPO, **FAST)
+    newer = make_checkpoint("1.1.0", seed=1)
+    # The second commit of this publish is the one to main: fail it (403 is not retried).
+    hub_env.inject(r"/commit/main$", method="POST", status=403)
+    with pytest.raises(PublishError, match=r"update main failed .*v1\.1\.0 is published and verified"):
+        publish_checkpoint(newer, REPO, **FAST)
+    assert "v1.1.0" in hub_env.refs(REPO)["tags"]
+    assert json.loads(hub_env.files_at(REPO, "main")["manifest.json"])["version"] == "1.0.0"
+
+    result = publish_checkpoint(newer, REPO, **FAST)
+    assert result.main_commit_sha == hub_env.refs(REPO)["branches"]["main"]
+    assert hub_env.files_at(REPO, "main") == hub_env.files_at(REPO, "v1.1.0")
 
 
 # ----------------------------------------------------------------------------------------- promotion gate
@@ -385,9 +423,11 @@ def test_injected_5xx_errors_are_retried(hub_env, make_checkpoint):
     assert [f.hits for f in faults] == [1] * len(faults)
     assert result.attempts == {
         "list published versions": 1, "create repo": 2, "create branch": 2, "upload": 2, "create tag": 2, "verify": 2,
+        "update main": 1, "verify main": 1,
     }  # fmt: skip
     assert hub_env.refs(REPO)["tags"] == {"v1.0.0": result.commit_sha}
-    assert len(hub_env.requests_matching("POST", "/commit/")) == 2
+    assert len(hub_env.requests_matching("POST", "/commit/release-1.0.0")) == 2
+    assert len(hub_env.requests_matching("POST", "/commit/main")) == 1
 
 
 def test_dropped_connections_are_retried(hub_env, make_checkpoint):
@@ -409,7 +449,7 @@ def test_dropped_connections_are_retried(hub_env, make_checkpoint):
     assert [r.status for r in hub_env.requests_matching("POST", "/tag/")] == [None, 409]
     assert result.attempts["create repo"] == 2 and result.attempts["create tag"] == 2
     assert result.attempts["verify"] == 2
-    commits = hub_env.requests_matching("POST", "/commit/")
+    commits = hub_env.requests_matching("POST", "/commit/release-1.0.0")
     assert [r.status for r in commits] == [None, 200]
     refs = hub_env.refs(REPO)
     assert (
@@ -559,4 +599,7 @@ def test_upload_branch_holds_exactly_the_checkpoint(hub_env, hub_token, make_che
     assert result.branch == "staging"
     assert hub_env.refs(REPO)["branches"]["staging"] == result.commit_sha
     assert set(hub_env.files_at(REPO, "v1.0.0")) == set(sha256_tree(checkpoint)) | {".gitattributes"}
-    assert "notes/old.txt" in hub_env.files_at(REPO, "main")  # the default branch is left alone
+    # main then holds exactly the newest version: what from_pretrained(REPO) downloads.
+    assert hub_env.files_at(REPO, "main") == hub_env.files_at(REPO, "v1.0.0")
+    with pytest.raises(PublishError, match="--branch 'main': not a valid upload branch"):
+        publish_checkpoint(make_checkpoint("1.1.0", seed=1), REPO, branch="main", **FAST)
