@@ -103,8 +103,10 @@ def main(spec_path: str, out_path: str) -> None:
     with torch.no_grad():
         for name, rows in spec["score_rows"].items():
             n = len(rows)
-            strong = torch.full((n,), rl_train.MODEL_IDS[spec["strong_model"]], dtype=torch.int64)
-            weak = torch.full((n,), rl_train.MODEL_IDS[spec["weak_model"]], dtype=torch.int64)
+            # one training can score several pairs: spec["score_pairs"][name] = [strong, weak] (default: the spec's)
+            strong_name, weak_name = spec.get("score_pairs", {}).get(name, (spec["strong_model"], spec["weak_model"]))
+            strong = torch.full((n,), rl_train.MODEL_IDS[strong_name], dtype=torch.int64)
+            weak = torch.full((n,), rl_train.MODEL_IDS[weak_name], dtype=torch.int64)
             logits = model(strong, weak, torch.tensor(rows, dtype=torch.int64), test=True).reshape(n)
             scores[name] = torch.sigmoid(logits).tolist()
 

@@ -256,26 +256,33 @@ def baseline_scores(name: str, pd: PairData) -> np.ndarray | None:
     raise ValueError(name)
 
 
-def routellm_scores(dataset, strong: str, weak: str, pd: PairData, work: Path, pair_budget: float, threads: int,
-                    venv: Path) -> tuple[np.ndarray, dict]:
-    """RouteLLM's own MF code on the dataset's training pairs; P(strong beats weak) on the test prompts."""
+def routellm_scores(dataset, pair_inputs: dict[tuple[str, str], PairData], work: Path, pair_budget: float,
+                    threads: int, venv: Path) -> tuple[dict[tuple[str, str], np.ndarray], dict]:
+    """RouteLLM's own MF code, trained once on the dataset's training pairs; P(strong beats weak) on each
+    pair's test prompts."""
     from bench_mf_vs_routellm import HYPERPARAMETERS, WORKER, ensure_routellm_venv
 
     from routerforge.train.pair_data import prompt_embedding_matrix
 
-    prompt_row, train_matrix = prompt_embedding_matrix(dataset)
-    # RouteLLM's loop is the slowest part of the bench: its scores are kept per (dataset version, pair, budget)
+    pairs = list(pair_inputs)
+    # RouteLLM's loop is the slowest part of the bench: its scores are kept per (dataset version, pairs, budget)
     # and reused by a later run of the bench on the same prepared data (delete the file to re-train).
-    saved = work / f"routellm_{dataset.fingerprint[:12]}_{strong}_{weak}_{int(pair_budget)}.json".replace("/", "_")
+    saved = work / f"routellm_{dataset.fingerprint[:12]}_{len(pairs)}pairs_{int(pair_budget)}.json"
     if saved.is_file():
         kept = json.loads(saved.read_text())
-        if len(kept["scores"]) == len(pd.test_emb):
-            return np.asarray(kept["scores"], dtype=np.float64), kept["info"]
+        if kept["pairs"] == [list(p) for p in pairs]:
+            return {p: np.asarray(s, dtype=np.float64) for p, s in zip(pairs, kept["scores"], strict=True)}, kept["info"]
     python = ensure_routellm_venv(venv)
-    n_train_rows = train_matrix.shape[0]
-    np.save(work / "routellm_embeddings.npy", np.concatenate([train_matrix.numpy(), pd.test_emb]).astype(np.float32))
+    prompt_row, train_matrix = prompt_embedding_matrix(dataset)
+    blocks, score_rows, score_pairs, next_row = [train_matrix.numpy()], {}, {}, train_matrix.shape[0]
+    for i, (pair, pd) in enumerate(pair_inputs.items()):
+        blocks.append(pd.test_emb)
+        score_rows[f"pair{i}"] = list(range(next_row, next_row + len(pd.test_emb)))
+        score_pairs[f"pair{i}"] = list(pair)
+        next_row += len(pd.test_emb)
+    np.save(work / "routellm_embeddings.npy", np.concatenate(blocks).astype(np.float32))
 
-    def pairs_json(split: str) -> Path:
+    def pairs_json(split: str) -> tuple[Path, int]:
         table = dataset.pairs[split]
         names = table.features["winner"].names
         rows = [{"model_a": a, "model_b": b, "winner": names[w], "idx": prompt_row[pid]}
@@ -290,18 +297,18 @@ def routellm_scores(dataset, strong: str, weak: str, pd: PairData, work: Path, p
     epochs = int(max(1, min(100, pair_budget // max(n_pairs, 1))))
     spec = {"embeddings_npy": str(work / "routellm_embeddings.npy"), "train_pairs": str(train_json),
             "test_pairs": str(test_json), "model_pool": dataset.models, "seed": 42, "torch_threads": threads,
-            "hyperparameters": {**HYPERPARAMETERS, "num_epochs": epochs}, "strong_model": strong, "weak_model": weak,
-            "score_rows": {"test": list(range(n_train_rows, n_train_rows + len(pd.test_emb)))}}
+            "hyperparameters": {**HYPERPARAMETERS, "num_epochs": epochs}, "strong_model": pairs[0][0],
+            "weak_model": pairs[0][1], "score_rows": score_rows, "score_pairs": score_pairs}
     spec_path, out_path = work / "routellm_spec.json", work / "routellm_out.json"
     spec_path.write_text(json.dumps(spec))
-    env_cmd = [str(python), str(WORKER), str(spec_path), str(out_path)]
     os.environ.setdefault("OPENAI_API_KEY", "unused-by-this-benchmark")  # see bench_mf_vs_routellm.run_child
-    seconds = run_logged(env_cmd, work / "routellm.log", threads)
+    seconds = run_logged([str(python), str(WORKER), str(spec_path), str(out_path)], work / "routellm.log", threads)
     out = json.loads(out_path.read_text())
     info = {"wall_seconds": seconds, "epochs": epochs, "train_pairs": out["train_pairs"],
             "samples_per_second": out["train_pairs"] * epochs / max(sum(out["epoch_train_seconds"]), 1e-9)}
-    saved.write_text(json.dumps({"scores": out["scores"]["test"], "info": info}))
-    return np.asarray(out["scores"]["test"], dtype=np.float64), info
+    scores = [out["scores"][f"pair{i}"] for i in range(len(pairs))]
+    saved.write_text(json.dumps({"pairs": [list(p) for p in pairs], "scores": scores, "info": info}))
+    return {p: np.asarray(s, dtype=np.float64) for p, s in zip(pairs, scores, strict=True)}, info
 
 
 # --------------------------------------------------------------------------------------------------
@@ -375,9 +382,17 @@ def run_set(bench_set: BenchSet, args, work: Path) -> dict:
         except RuntimeError as err:
             print(f"[{bench_set.name}] {family}: FAILED\n{err}", flush=True)
             train_info[family] = {"error": str(err).splitlines()[0]}
+    pair_inputs = {(strong, weak): pair_data(dataset, strong, weak, test_path, embed) for strong, weak in pairs}
+    routellm: dict[tuple[str, str], np.ndarray] = {}
+    routellm_info: dict = {}
+    if "routellm_mf" in args.baselines:
+        try:
+            routellm, routellm_info = routellm_scores(dataset, pair_inputs, work / bench_set.name,
+                                                      args.routellm_pair_budget, args.threads, args.routellm_venv)
+        except (RuntimeError, KeyError, SystemExit, subprocess.CalledProcessError) as err:
+            print(f"[{bench_set.name}] routellm_mf: FAILED: {str(err).splitlines()[0]}", flush=True)
     rows = []
-    for strong, weak in pairs:
-        pd = pair_data(dataset, strong, weak, test_path, embed)
+    for (strong, weak), pd in pair_inputs.items():
         scores: dict[str, np.ndarray] = {}
         info: dict[str, dict] = {}
         for family, export in exports.items():
@@ -393,12 +408,8 @@ def run_set(bench_set: BenchSet, args, work: Path) -> dict:
             elif baseline == "random":
                 continue  # analytic: APGR 0.5, CPT(x) = x
             elif baseline == "routellm_mf":
-                try:
-                    scores[baseline], info[baseline] = routellm_scores(
-                        dataset, strong, weak, pd, work / bench_set.name, args.routellm_pair_budget, args.threads,
-                        args.routellm_venv)
-                except (RuntimeError, KeyError, SystemExit, subprocess.CalledProcessError) as err:
-                    print(f"[{bench_set.name}] routellm_mf: FAILED: {str(err).splitlines()[0]}", flush=True)
+                if (strong, weak) in routellm:
+                    scores[baseline], info[baseline] = routellm[strong, weak], routellm_info
                 continue
             else:
                 s = baseline_scores(baseline, pd)
