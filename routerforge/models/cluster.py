@@ -40,7 +40,8 @@ STATE_KEYS = ("centroids", "quality", "cost", "support")
 
 
 # -- k-means ------------------------------------------------------------------------------------------
-def _as_matrix(x: np.ndarray, name: str = "embeddings") -> np.ndarray:
+def embedding_matrix(x: np.ndarray, name: str = "embeddings") -> np.ndarray:
+    """x as a C-contiguous float32 [n, dim] matrix; a clear error for another shape or a NaN/inf value."""
     arr = np.ascontiguousarray(x, dtype=np.float32)
     if arr.ndim != 2 or arr.shape[0] == 0 or arr.shape[1] == 0:
         raise DataError(f"{name} must be a non-empty [n, dim] matrix, got shape {arr.shape}.")
@@ -56,7 +57,7 @@ def kmeans_plus_plus_seeds(x: np.ndarray, k: int, seed: int) -> np.ndarray:
     The first seed is a uniformly random point; each next one is point i with probability
     D(i)² / Σ D², D(i) the distance from point i to its nearest seed so far. Deterministic for a seed.
     """
-    x = _as_matrix(x)
+    x = embedding_matrix(x)
     n = x.shape[0]
     if not 1 <= k <= n:
         raise DataError(f"k-means++ needs 1 <= k <= number of points; got k={k} for {n} points.")
@@ -109,7 +110,7 @@ def fit_kmeans(x: np.ndarray, k: int, *, seed: int, n_iterations: int = 25, init
     """
     import faiss  # imported here: only fitting needs it, routing does not
 
-    x = _as_matrix(x)
+    x = embedding_matrix(x)
     n, dim = x.shape
     if init not in KMEANS_INITS:
         raise ValueError(f"init must be one of {', '.join(KMEANS_INITS)}, got '{init}'")

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from routerforge.errors import DataError
+from routerforge.models.cluster import embedding_matrix
 
 STATE_KEYS = ("embeddings", "scores", "prior_mean")
 WEIGHTINGS = ("uniform", "softmax")
@@ -54,21 +55,11 @@ class KNNSettings:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
 
 
-def _matrix(x: np.ndarray, name: str) -> np.ndarray:
-    arr = np.ascontiguousarray(x, dtype=np.float32)
-    if arr.ndim != 2 or arr.shape[0] == 0 or arr.shape[1] == 0:
-        raise DataError(f"{name} must be a non-empty [n, dim] matrix, got shape {arr.shape}.")
-    if not np.all(np.isfinite(arr)):
-        raise DataError(f"{name} contain NaN or inf values (row {int(np.argwhere(~np.isfinite(arr))[0, 0])}); "
-                        f"re-embed the data.")
-    return arr
-
-
 class KNNRouter:
     """The index (training prompt embeddings), the score table and the per-model prior means."""
 
     def __init__(self, embeddings: np.ndarray, scores: np.ndarray, prior_mean: np.ndarray | None = None):
-        self.embeddings = _matrix(embeddings, "embeddings")
+        self.embeddings = embedding_matrix(embeddings, "embeddings")
         scores = np.asarray(scores, dtype=np.float32)
         if scores.ndim != 2 or scores.shape[0] != self.embeddings.shape[0] or scores.shape[1] == 0:
             raise DataError(f"scores must be [{self.embeddings.shape[0]}, models], got shape {scores.shape}.")
@@ -111,7 +102,7 @@ class KNNRouter:
         """
         import faiss
 
-        queries = _matrix(queries, "query embeddings")
+        queries = embedding_matrix(queries, "query embeddings")
         if queries.shape[1] != self.prompt_embedding_dim:
             raise DataError(f"query embeddings have width {queries.shape[1]}, the router's index "
                             f"{self.prompt_embedding_dim}: another encoder.")
