@@ -40,7 +40,7 @@ import torch
 from accelerate.utils import broadcast_object_list
 from tqdm.auto import tqdm
 
-from routerforge.config import config_to_dict, doc
+from routerforge.config import doc
 from routerforge.data.dataset_io import PreparedDataset, load_prepared
 from routerforge.data.readers.prices import PriceTable, attach_cost, load_price_table
 from routerforge.errors import CheckpointError, DataError, RouterForgeError
@@ -57,7 +57,7 @@ from routerforge.models.cluster import (
     table_stats,
 )
 from routerforge.registry.export import register_run_export
-from routerforge.train.accelerator_setup import build_accelerator, seed_for_model_init, world_description
+from routerforge.train.accelerator_setup import seed_for_model_init, world_description
 from routerforge.train.consistency import parameter_digests
 from routerforge.train.entrypoint import run_recipe
 from routerforge.train.export import (
@@ -67,15 +67,15 @@ from routerforge.train.export import (
     export_router,
     load_export_weights,
 )
+from routerforge.train.fit_run import start_fit_run
 from routerforge.train.run_config import (
     ExportConfig,
     RunConfig,
     TrackingConfig,
     export_dir_for,
     parse_recipe_args,
-    run_dir_for,
 )
-from routerforge.train.tracking import finish_tracking, new_run_id, start_tracking
+from routerforge.train.tracking import finish_tracking
 
 RECIPE = "cluster"
 REPO_DIR = Path(__file__).resolve().parents[1]
@@ -382,13 +382,9 @@ def main(argv: list[str] | None = None) -> dict:
     # ------------------------------------------------------------------------------------------------
     # 2. accelerate, seeds, run directory, tracking
     # ------------------------------------------------------------------------------------------------
-    run = cfg.run.as_run_config()
-    run_dir = run_dir_for(run, RECIPE)
-    accelerator = build_accelerator(run, cfg.tracking, run_dir)
-    run_id_box = [new_run_id()]
-    broadcast_object_list(run_id_box)
-    resolved_config = config_to_dict(cfg)
-    tracking = start_tracking(accelerator, cfg.tracking, run_dir, cfg.run.name, run_id_box[0], resolved_config)
+    started = start_fit_run(cfg, RECIPE)
+    run, run_dir, accelerator, tracking = started.run, started.run_dir, started.accelerator, started.tracking
+    resolved_config = started.resolved_config
     seed_for_model_init(cfg.run.seed)
     stages = ["data", "clusters", "table", "check"]
     progress = tqdm(total=len(stages), desc=RECIPE, unit="stage",

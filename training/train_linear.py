@@ -27,24 +27,23 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from accelerate.utils import broadcast_object_list
 
-from routerforge.config import config_to_dict, doc
+from routerforge.config import doc
 from routerforge.models.linear import LinearRouter
 from routerforge.registry.export import register_run_export
-from routerforge.train.accelerator_setup import build_accelerator, world_description
+from routerforge.train.accelerator_setup import world_description
 from routerforge.train.entrypoint import run_recipe
 from routerforge.train.export import build_manifest, export_router
+from routerforge.train.fit_run import start_fit_run
 from routerforge.train.run_config import (
     ExportConfig,
     FitRunConfig,
     TrackingConfig,
     export_dir_for,
     parse_recipe_args,
-    run_dir_for,
 )
 from routerforge.train.score_tables import load_scored_prompts, mean_pair_apgr, selection_pairs
-from routerforge.train.tracking import finish_tracking, new_run_id, start_tracking
+from routerforge.train.tracking import finish_tracking
 
 RECIPE = "linear"
 REPO_DIR = Path(__file__).resolve().parents[1]
@@ -108,13 +107,9 @@ def main(argv: list[str] | None = None) -> dict:
     # ------------------------------------------------------------------------------------------------
     # 2. accelerate, run directory, tracking (the fit is deterministic: every process computes the same)
     # ------------------------------------------------------------------------------------------------
-    run = cfg.run.as_run_config()
-    run_dir = run_dir_for(run, RECIPE)
-    accelerator = build_accelerator(run, cfg.tracking, run_dir)
-    run_id_box = [new_run_id()]
-    broadcast_object_list(run_id_box)
-    resolved_config = config_to_dict(cfg)
-    tracking = start_tracking(accelerator, cfg.tracking, run_dir, cfg.run.name, run_id_box[0], resolved_config)
+    started = start_fit_run(cfg, RECIPE)
+    run, run_dir, accelerator, tracking = started.run, started.run_dir, started.accelerator, started.tracking
+    resolved_config = started.resolved_config
 
     # ------------------------------------------------------------------------------------------------
     # 3. Data: a prompt x model score table over the fit splits, and the prompts' embeddings

@@ -71,6 +71,12 @@ owns its loop; this package owns the parts that must behave the same in every re
 Loading an export's weights (init from a trained router, inference): `export.load_export_weights(dir)` -
 safetensors only (a pickle is refused unread, `UnsafeWeightsError`) and checked against manifest.json.
 
+Recipes fitted in one pass (no optimizer loop: training/train_cluster.py, train_knn.py, train_linear.py):
+`FitRunConfig` as the run block, `fit_run.start_fit_run(cfg, "<router>")` for run dir, accelerator and tracking,
+and, for families that predict every model's score, `score_tables.load_scored_prompts(...)` (a prompt x model
+score table over the chosen splits, pairs optionally as win/loss results) and `score_tables.mean_pair_apgr` to
+choose hyperparameters on the routing metric.
+
 Hardware: launch/ (accelerate configs, SLURM) and docs/running_at_scale.md.
 
 Tests to copy for a new recipe: tests/recipes/test_train_mf.py (tiny run, export, pool, in-process
