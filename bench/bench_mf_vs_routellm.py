@@ -141,9 +141,9 @@ def build_inputs(data_path: Path, work: Path, eval_set_names: list[str], strong:
     import numpy as np
 
     from routerforge.data.dataset_io import load_prepared
+    from routerforge.data.pair_tensors import prompt_embedding_matrix
     from routerforge.encoders import build_encoder, embed_texts, encoder_manifest
     from routerforge.eval.outcome_table import load_outcome_table, strong_weak_columns
-    from routerforge.train.pair_data import prompt_embedding_matrix
 
     data = load_prepared(data_path)
     prompt_row, train_matrix = prompt_embedding_matrix(data)
@@ -275,11 +275,11 @@ def explain(data_path: Path, epochs_per_round: int, rounds: int) -> list[tuple[s
     from accelerate import Accelerator
 
     from routerforge.data.dataset_io import load_prepared
+    from routerforge.data.pair_tensors import pairs_to_tensors, prompt_embedding_matrix
     from routerforge.models.mf import MFModel
     from routerforge.train import faults, nan_guard
     from routerforge.train.data_loading import batches_for_epoch, build_train_loader
     from routerforge.train.optimization import build_lr_scheduler
-    from routerforge.train.pair_data import pairs_to_tensors, prompt_embedding_matrix
     from routerforge.train.run_config import OptimConfig
 
     data = load_prepared(data_path)

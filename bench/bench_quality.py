@@ -262,7 +262,7 @@ def routellm_scores(dataset, pair_inputs: dict[tuple[str, str], PairData], work:
     pair's test prompts."""
     from bench_mf_vs_routellm import HYPERPARAMETERS, WORKER, ensure_routellm_venv
 
-    from routerforge.train.pair_data import prompt_embedding_matrix
+    from routerforge.data.pair_tensors import prompt_embedding_matrix
 
     pairs = list(pair_inputs)
     # RouteLLM's loop is the slowest part of the bench: its scores are kept per (dataset version, pairs, budget)

@@ -19,7 +19,6 @@ and keeps its traceback.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
@@ -30,6 +29,7 @@ def _prep(args: argparse.Namespace) -> int:
     from routerforge.config import load_config
     from routerforge.data.config import PrepConfig
     from routerforge.data.pipeline import run_pipeline
+    from routerforge.data.summary import dataset_summary
 
     overrides = list(args.overrides) + (["strict=true"] if args.strict else [])
     cfg = load_config(PrepConfig, args.config, overrides)
@@ -48,32 +48,9 @@ def _prep(args: argparse.Namespace) -> int:
             print(f"distributed prep: world_size={accelerator.num_processes}", file=sys.stderr)
     path = run_pipeline(cfg, until=args.stage, force=args.force, accelerator=accelerator, keep_work=args.keep_work)
     if path is not None:
-        stats = json.loads((path / "stats.json").read_text())
-        manifest = json.loads((path / "manifest.json").read_text())
-        print(format_summary(manifest, stats))
+        print(dataset_summary(path))
         print(f"dataset written to {path}")
     return 0
-
-
-def format_summary(manifest: dict, stats: dict) -> str:
-    """A plain-text table of what a prepared dataset holds and what was dropped where."""
-    lines = [f"dataset {manifest['name']} version {manifest['version']} "
-             f"(content fingerprint {manifest['content_fingerprint'][:16]})",
-             f"encoder {manifest['encoder']['id']} dim {manifest['encoder']['dim']}; "
-             f"{len(manifest['models'])} models", ""]
-    lines.append(f"{'table':<10}{'train':>9}{'valid':>9}{'test':>9}")
-    for table, c in manifest["counts"].items():
-        lines.append(f"{table:<10}{c['train']:>9}{c['validation']:>9}{c['test']:>9}")
-    lines += ["", f"{'source':<22}{'stage':<24}{'input':>9}{'kept':>9}  dropped"]
-    for source, stages in stats["per_source"].items():
-        for stage, c in stages.items():
-            dropped = ", ".join(f"{k}={v}" for k, v in c["dropped"].items()) or "-"
-            made = f" (made {c['made']} pairs)" if c.get("made") else ""
-            lines.append(f"{source:<22}{stage:<24}{c['input']:>9}{c['kept']:>9}  {dropped}{made}")
-    if manifest["eval_sets"]:
-        lines += ["", "evaluation sets: " + ", ".join(f"{k} ({v['prompts']} prompts)"
-                                                      for k, v in manifest["eval_sets"].items())]
-    return "\n".join(lines)
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -114,10 +91,10 @@ DELEGATED = {
              "evaluate a checkpoint on an outcome table (APGR, CPT, AUC or AIQ, with intervals and a plot)"),
     "calibrate": ("routerforge.eval.cli:calibrate_main",
                   "calibrate routing thresholds for strong-model shares on your own prompts"),
-    "route": ("routerforge.eval.cli:route_main", "route prompts with a checkpoint: the model chosen per prompt"),
+    "route": ("routerforge.router_cli:route_main", "route prompts with a checkpoint: the model chosen per prompt"),
     "serve": ("routerforge.serve.cli:serve_main",
               "serve a router as an OpenAI-compatible proxy that forwards each request to the chosen model"),
-    "list": ("routerforge.eval.cli:list_main", "list the versions in a checkpoint registry (and verify them)"),
+    "list": ("routerforge.registry.cli:list_main", "list the versions in a checkpoint registry (and verify them)"),
     "publish": ("routerforge.registry.publish:publish_main",
                 "publish a checkpoint to the Hugging Face Hub as tag v<version>; main follows the newest"),
     "eval-router-r1": ("routerforge.rl.evaluate:eval_router_r1_main",

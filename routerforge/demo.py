@@ -68,18 +68,16 @@ def _run(cmd: list[str]) -> None:
 
 
 def run_demo() -> int:
-    from routerforge.cli import format_summary
     from routerforge.config import load_config
     from routerforge.data.config import PrepConfig
     from routerforge.data.pipeline import run_pipeline
+    from routerforge.data.summary import dataset_summary
 
     t_start = time.perf_counter()
     print(f"== 1. data prep: routerforge prep --config {DEMO_DATA_CONFIG} ==", flush=True)
     cfg = load_config(PrepConfig, DEMO_DATA_CONFIG)
     path = run_pipeline(cfg)
-    stats = json.loads((path / "stats.json").read_text())
-    manifest = json.loads((path / "manifest.json").read_text())
-    print(format_summary(manifest, stats))
+    print(dataset_summary(path))
     print(f"dataset: {path}  ({time.perf_counter() - t_start:.0f}s)", flush=True)
 
     for number, (title, script, config, overrides) in enumerate(TRAINING_STEPS, start=2):

@@ -40,6 +40,7 @@ from tqdm.auto import tqdm
 
 from routerforge.config import config_to_dict, doc
 from routerforge.data.dataset_io import load_prepared
+from routerforge.data.pair_tensors import TIE_RULES
 from routerforge.errors import DataError
 from routerforge.models.difficulty import (
     POOLINGS,
@@ -81,7 +82,6 @@ from routerforge.train.data_loading import (
 from routerforge.train.entrypoint import run_recipe
 from routerforge.train.export import build_manifest, export_router
 from routerforge.train.optimization import build_lr_scheduler, build_optimizer, warmup_steps_for
-from routerforge.train.pair_data import TIE_RULES
 from routerforge.train.run_config import (
     RESUME_HELP,
     CheckpointConfig,

@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 
 from routerforge.config import config_to_dict, doc
 from routerforge.data.dataset_io import load_prepared
+from routerforge.data.pair_tensors import TIE_RULES, PairTensors, pairs_to_tensors, prompt_embedding_matrix
 from routerforge.errors import CheckpointError, DataError
 from routerforge.models.mf import MFModel, extend_model_pool, freeze_all_but_new_models, new_model_l2_penalty
 from routerforge.registry.export import register_run_export
@@ -52,7 +53,6 @@ from routerforge.train.data_loading import normalize_position
 from routerforge.train.entrypoint import run_recipe
 from routerforge.train.export import CONFIG_FILE, build_manifest, export_router, load_export_weights
 from routerforge.train.optimization import build_lr_scheduler, build_optimizer, warmup_steps_for
-from routerforge.train.pair_data import TIE_RULES, PairTensors, pairs_to_tensors, prompt_embedding_matrix
 from routerforge.train.run_config import (
     RESUME_HELP,
     CheckpointConfig,

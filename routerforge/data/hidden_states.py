@@ -539,8 +539,6 @@ class HiddenStateExtractor:
         """Greedy-generate the verbalized-confidence answer per row: (confidence or NaN, generated text)."""
         import torch
 
-        from routerforge.eval.uncertainty_baselines import parse_verbalized_confidence
-
         model = self.model()
         texts = [""] * len(rows)
         for batch in batches:
@@ -835,3 +833,20 @@ def store_dir_for(cfg: HiddenStatesConfig) -> Path:
 
     revision = resolve_revision(source, fill_cache)
     return resolve_version_dir(cfg.dataset) / "hidden_states" / lm_slug(source, revision)
+
+
+_CONFIDENCE_NUMBER = re.compile(r"(\d+(?:\.\d+)?)\s*(%?)")
+
+
+def parse_verbalized_confidence(text: str) -> float:
+    """The first number in `text` as a probability: '85', '85%' and '0.85' all give 0.85; NaN if none fits.
+
+    A number above 1 (or with a percent sign) is read on the 0-100 scale; values outside it are NaN.
+    """
+    match = _CONFIDENCE_NUMBER.search(text or "")
+    if not match:
+        return float("nan")
+    value, percent = float(match.group(1)), match.group(2)
+    if percent or value > 1.0:
+        value /= 100.0
+    return value if 0.0 <= value <= 1.0 else float("nan")

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import math
 import re
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -226,37 +225,3 @@ def summary_json(result: EvalResult) -> bytes:
     import json
 
     return (json.dumps(result.summary, indent=2, sort_keys=False, allow_nan=False) + "\n").encode("utf-8")
-
-
-def save_evaluation(checkpoint_dir: str | Path, result: EvalResult, set_name: str, *, gate: bool = False) -> dict:
-    """Store eval/<set>.json and eval/<set>.png in a checkpoint (manifest + card updated); return the manifest.
-
-    gate: make this evaluation's headline metric (APGR binary, AIQ multi) the manifest's metrics.gate, which
-    `routerforge publish` compares with the latest published version.
-    """
-    from routerforge.errors import CheckpointError
-    from routerforge.registry.export import update_checkpoint
-
-    if not SET_NAME_RE.match(set_name):
-        raise DataError(f"evaluation set name {set_name!r}: use letters, digits, '.', '_' or '-'.")
-    with tempfile.TemporaryDirectory(prefix="routerforge-plot-") as tmp:
-        plot_bytes = render_plot(result, Path(tmp) / "plot.png").read_bytes()
-    report_rel, plot_rel = f"{EVAL_DIR}/{set_name}.json", f"{EVAL_DIR}/{set_name}.png"
-    metrics = headline_metrics(result)
-    gate_metric = "apgr" if result.kind == "binary" else "aiq"
-    if gate and metrics[gate_metric] is None:
-        raise CheckpointError(f"{set_name}: {gate_metric} is undefined (the strong and weak model score the same "
-                              f"on average), so it cannot be the promotion gate.")
-
-    def record(manifest: dict) -> None:
-        evaluations = dict(manifest.get("evaluations") or {})
-        s = result.summary
-        evaluations[set_name] = {"kind": result.kind, "n": s["n"], "metrics": metrics, "report": report_rel,
-                                 "plot": plot_rel, "outcomes_sha256": s["outcomes"]["sha256"],
-                                 **({"strong": s["strong"], "weak": s["weak"]} if result.kind == "binary" else {})}
-        manifest["evaluations"] = evaluations
-        if gate:
-            manifest.setdefault("metrics", {})["gate"] = {"set": set_name, "metric": gate_metric,
-                                                          "value": metrics[gate_metric], "higher_is_better": True}
-
-    return update_checkpoint(checkpoint_dir, {report_rel: summary_json(result), plot_rel: plot_bytes}, record)

@@ -11,7 +11,8 @@ the outcome y_i is 1 when it did (score >= `correct_threshold`). Compared here:
   c = max_j softmax(option logits)_j;
 * **verbalized confidence**: the model's own stated confidence (0-100, parsed from its generation; Tian
   et al., "Just Ask for Calibration", arXiv 2305.14975; Xiong et al., arXiv 2306.13063), when the LM can
-  generate; unparsable answers count as 0.5 and the parse rate is reported;
+  generate (parsed by `routerforge.data.hidden_states.parse_verbalized_confidence` when the features are
+  extracted); unparsable answers count as 0.5 and the parse rate is reported;
 * **random**: c ~ U(0, 1), seeded (AUROC 0.5 in expectation).
 
 Metrics. AUROC of c against y (sklearn's `roc_auc_score`, ties = half credit) measures ranking; ECE and
@@ -30,7 +31,6 @@ model is taken to be always right (stated in the report).
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -82,23 +82,6 @@ def max_softmax_confidence(option_logits: np.ndarray) -> np.ndarray:
     from routerforge.eval.conformal import option_softmax
 
     return option_softmax(option_logits).max(axis=1)
-
-
-_NUMBER = re.compile(r"(\d+(?:\.\d+)?)\s*(%?)")
-
-
-def parse_verbalized_confidence(text: str) -> float:
-    """The first number in `text` as a probability: '85', '85%' and '0.85' all give 0.85; NaN if none fits.
-
-    A number above 1 (or with a percent sign) is read on the 0-100 scale; values outside it are NaN.
-    """
-    match = _NUMBER.search(text or "")
-    if not match:
-        return float("nan")
-    value, percent = float(match.group(1)), match.group(2)
-    if percent or value > 1.0:
-        value /= 100.0
-    return value if 0.0 <= value <= 1.0 else float("nan")
 
 
 def random_confidence(n: int, seed: int = 0) -> np.ndarray:

@@ -10,7 +10,7 @@ once per epoch whatever the number of labels on it:
     pairs                (model_a, model_b, P(a beats b), weight) of every kept vote on the prompt
 
 Several outcome rows for one (prompt_id, model) are several samples of that model (BEST-Route samples 20
-responses per model and prompt). Pairs go through `routerforge.train.pair_data.pairs_to_tensors`, the MF
+responses per model and prompt). Pairs go through `routerforge.data.pair_tensors.pairs_to_tensors`, the MF
 recipe's conversion (same tie rule, source weights and drop counting).
 """
 
@@ -24,9 +24,9 @@ import torch
 from datasets import Dataset as ArrowTable
 from torch.utils.data import Dataset
 
+from routerforge.data.pair_tensors import pairs_to_tensors
 from routerforge.errors import DataError
 from routerforge.models.difficulty import Candidate, best_of_n_match_probability, difficulty_target
-from routerforge.train.pair_data import pairs_to_tensors
 
 Samples = dict[str, dict[str, list[float]]]  # prompt_id -> model -> sample scores
 

@@ -28,11 +28,20 @@ import datetime as dt
 import json
 import os
 import shutil
+import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from routerforge.errors import CheckpointError
+from routerforge.errors import CheckpointError, DataError
 from routerforge.eval.calibrate import CALIBRATION_FILE, empty_calibration, read_calibration
+from routerforge.eval.report import (
+    EVAL_DIR,
+    SET_NAME_RE,
+    EvalResult,
+    headline_metrics,
+    render_plot,
+    summary_json,
+)
 from routerforge.registry.card import render_card
 from routerforge.registry.load import sha256_file, verify_checkpoint
 from routerforge.registry.versions import (
@@ -172,7 +181,7 @@ def finalize_export(export_dir: str | Path, registry_root: str | Path = "checkpo
 
         if eval_outcomes or calibration_prompts:
             from routerforge.eval.calibrate import calibrate_router
-            from routerforge.eval.report import evaluate_router, save_evaluation
+            from routerforge.eval.report import evaluate_router
             from routerforge.router import Router
 
             router = Router.from_pretrained(tmp, embedding_cache_dir=embedding_cache_dir)
@@ -226,6 +235,37 @@ def write_calibration(directory: str | Path, entry: dict) -> dict:
                                              for e in merged["calibrations"]}}
 
     return update_checkpoint(directory, {CALIBRATION_FILE: _json_bytes(merged)}, record)
+
+
+def save_evaluation(checkpoint_dir: str | Path, result: EvalResult, set_name: str, *, gate: bool = False) -> dict:
+    """Store eval/<set>.json and eval/<set>.png in a checkpoint (manifest + card updated); return the manifest.
+
+    gate: make this evaluation's headline metric (APGR binary, AIQ multi) the manifest's metrics.gate, which
+    `routerforge publish` compares with the latest published version.
+    """
+    if not SET_NAME_RE.match(set_name):
+        raise DataError(f"evaluation set name {set_name!r}: use letters, digits, '.', '_' or '-'.")
+    with tempfile.TemporaryDirectory(prefix="routerforge-plot-") as tmp:
+        plot_bytes = render_plot(result, Path(tmp) / "plot.png").read_bytes()
+    report_rel, plot_rel = f"{EVAL_DIR}/{set_name}.json", f"{EVAL_DIR}/{set_name}.png"
+    metrics = headline_metrics(result)
+    gate_metric = "apgr" if result.kind == "binary" else "aiq"
+    if gate and metrics[gate_metric] is None:
+        raise CheckpointError(f"{set_name}: {gate_metric} is undefined (the strong and weak model score the same "
+                              f"on average), so it cannot be the promotion gate.")
+
+    def record(manifest: dict) -> None:
+        evaluations = dict(manifest.get("evaluations") or {})
+        s = result.summary
+        evaluations[set_name] = {"kind": result.kind, "n": s["n"], "metrics": metrics, "report": report_rel,
+                                 "plot": plot_rel, "outcomes_sha256": s["outcomes"]["sha256"],
+                                 **({"strong": s["strong"], "weak": s["weak"]} if result.kind == "binary" else {})}
+        manifest["evaluations"] = evaluations
+        if gate:
+            manifest.setdefault("metrics", {})["gate"] = {"set": set_name, "metric": gate_metric,
+                                                          "value": metrics[gate_metric], "higher_is_better": True}
+
+    return update_checkpoint(checkpoint_dir, {report_rel: summary_json(result), plot_rel: plot_bytes}, record)
 
 
 def register_run_export(export_cfg, export_dir: str | Path, registry_root: str | Path) -> Path | None:

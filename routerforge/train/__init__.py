@@ -32,7 +32,7 @@ owns its loop; this package owns the parts that must behave the same in every re
    new one (`new_run_id()`, broadcast from rank 0) or, on resume, `TrainerState.tracking_run_id`.
    Log with `accelerator.log(..., step=optimizer_step)`; finish with `finish_tracking(accelerator)` (NOT `accelerator.end_training()`: see its docstring).
 
-4. Data - `data_loading`, `pair_data`
+4. Data - `data_loading` (and `routerforge.data.pair_tensors`, shared with the models)
    `build_train_loader(dataset, micro_batch_size, seed)` (order = f(seed, epoch); own torch.Generator so the
    global RNG is untouched), `build_eval_loader`; after `accelerator.prepare`, iterate
    `batches_for_epoch(accelerator, loader, epoch, batches_done)` - it skips already-consumed batches on

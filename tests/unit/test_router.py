@@ -17,11 +17,11 @@ from safetensors.torch import load_file
 
 from routerforge.data.dataset_io import load_prepared
 from routerforge.errors import CheckpointError
-from routerforge.eval.cli import route_main
 from routerforge.models.cluster import ClusterRouter
 from routerforge.registry.export import finalize_export
 from routerforge.registry.publish import validate_checkpoint
 from routerforge.router import Router, RoutingError
+from routerforge.router_cli import route_main
 from tests.fixtures import registry_routers as rr
 
 pytestmark = pytest.mark.slow  # the session's first test prepares + embeds the MMLU data (~30 s on 2 cores)

@@ -20,9 +20,9 @@ from readers_testlib import DATA, read, read_input, where
 from routerforge.config import load_config
 from routerforge.data.config import PrepConfig
 from routerforge.data.dataset_io import load_prepared
+from routerforge.data.pair_tensors import pairs_to_tensors
 from routerforge.data.pipeline import run_pipeline
 from routerforge.data.records import PAIR_FEATURES, make_pair, prompt_id_for
-from routerforge.train.pair_data import pairs_to_tensors
 
 ANNOTATIONS = DATA / "alpaca_eval" / "annotations"
 BASELINE = "gpt4_1106_preview"

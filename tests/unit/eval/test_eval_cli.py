@@ -15,7 +15,8 @@ import pytest
 
 from routerforge.cli import main as routerforge_main
 from routerforge.data.readers.prices import attach_cost
-from routerforge.eval.cli import eval_main, list_main
+from routerforge.eval.cli import eval_main
+from routerforge.registry.cli import list_main
 from routerforge.registry.export import finalize_export
 from routerforge.registry.publish import validate_checkpoint
 from routerforge.router import Router

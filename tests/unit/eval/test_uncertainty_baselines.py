@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 
+from routerforge.data.hidden_states import parse_verbalized_confidence
 from routerforge.errors import DataError
 from routerforge.eval.uncertainty_baselines import (
     PlattScaler,
@@ -16,7 +17,6 @@ from routerforge.eval.uncertainty_baselines import (
     fit_platt,
     max_softmax_confidence,
     mean_logprob_confidence,
-    parse_verbalized_confidence,
     random_confidence,
 )
 

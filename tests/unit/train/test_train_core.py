@@ -14,6 +14,7 @@ from datasets import Dataset
 from torch.utils.data import TensorDataset
 
 from routerforge.config import load_config
+from routerforge.data.pair_tensors import pairs_to_tensors
 from routerforge.data.records import PAIR_FEATURES, make_pair, prompt_id_for
 from routerforge.errors import ConfigError, DataError
 from routerforge.train.data_loading import (
@@ -24,7 +25,6 @@ from routerforge.train.data_loading import (
 )
 from routerforge.train.export import EXPORT_FILES, export_router
 from routerforge.train.optimization import build_optimizer, lr_multiplier
-from routerforge.train.pair_data import pairs_to_tensors
 from routerforge.train.run_config import OptimConfig, RunConfig, TrackingConfig
 from routerforge.train.tracking import TrackingRun, flatten_config, resolve_wandb_mode
 from tests.fixtures.recipe_runner import REPO_ROOT, load_recipe_module

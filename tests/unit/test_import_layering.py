@@ -1,0 +1,234 @@
+"""The import arrows of the routerforge package run one way (README, "Architecture: layers").
+
+Read from the source with `ast`, so every import counts: module-level ones AND the ones inside functions
+(a function-local import is fine for start-up cost, e.g. torch in a CLI path, but it must still point down).
+
+    layer                what                                           may import
+    5 entry points       cli, demo, the `routerforge X` command modules every layer below
+    4 applications       registry.export (export + eval + calibrate),   layers 0-3
+                         serve, rl, label
+    3 inference          router, registry.families (family loaders)     layers 0-2 (and never training code)
+    2 train and eval     train (shared recipe core), eval               layers 0-1
+    1 data and models    data, models, checkpoint files (registry       layer 0
+                         .load, .versions, .card, .publish)
+    0 ground             errors, config, config_reference, recipes,     nothing of routerforge above it
+                         io, encoders, data.config, data.records,
+                         families (the family registry)
+
+Within a layer any module may import any other, but the module graph has no cycle at all. The recipes
+(training/*.py, data_prep/*.py) sit above everything. Two contracts hold on top of the layers:
+`models` import no training code, and inference (router, family loaders, checkpoint loading, serve)
+imports no training code, not even indirectly.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+PACKAGE = ROOT / "routerforge"
+
+# (layer, module prefixes); the longest matching prefix decides a module's layer.
+LAYERS: list[tuple[int, tuple[str, ...]]] = [
+    (5, ("routerforge.cli", "routerforge.demo", "routerforge.train.__main__", "routerforge.eval.cli",
+         "routerforge.label.cli", "routerforge.serve.cli", "routerforge.registry.cli", "routerforge.router_cli")),
+    (4, ("routerforge.registry.export", "routerforge.serve", "routerforge.rl", "routerforge.label")),
+    (3, ("routerforge.router", "routerforge.registry.families")),
+    (2, ("routerforge.train", "routerforge.eval")),
+    (1, ("routerforge.data", "routerforge.models", "routerforge.registry")),
+    (0, ("routerforge", "routerforge.errors", "routerforge.config", "routerforge.config_reference",
+         "routerforge.recipes", "routerforge.io", "routerforge.encoders", "routerforge.data.config",
+         "routerforge.data.records", "routerforge.families")),
+]
+
+TRAINING_CODE = ("routerforge.train",)
+# Modules that must not reach training code through any chain of imports.
+NO_TRAINING_CODE = ("routerforge.models", "routerforge.router", "routerforge.registry.families",
+                    "routerforge.registry.load", "routerforge.serve")
+
+# (importer, imported): arrows that break the table on purpose, each with its reason. Keep it short.
+ALLOWED: dict[tuple[str, str], str] = {
+    ("routerforge", "routerforge.router"):
+        "`from routerforge import Router`: the package root resolves Router lazily (PEP 562 __getattr__) so "
+        "`import routerforge` stays free of torch; the root is imported before any submodule, so no cycle",
+    # Loading an export's weights (sha256 against manifest.json, then safetensors only) is read-side code that
+    # still lives in the training package; it moves to routerforge.io, and these three entries go with it.
+    ("routerforge.models.difficulty", "routerforge.train.export"):
+        "load_export_weights / safetensors_problem: to be imported from routerforge.io",
+    ("routerforge.models.probe", "routerforge.train.export"):
+        "load_export_weights and the export file names: to be imported from routerforge.io",
+    ("routerforge.registry.families", "routerforge.train.export"):
+        "load_export_weights: to be imported from routerforge.io",
+}
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def all_modules() -> dict[str, Path]:
+    return {module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
+
+
+def layer_of(module: str) -> int:
+    best = max((prefix for _, prefixes in LAYERS for prefix in prefixes
+                if module == prefix or module.startswith(prefix + ".")), key=len)
+    return next(layer for layer, prefixes in LAYERS if best in prefixes)
+
+
+@functools.cache
+def _parse(path: Path) -> ast.Module:
+    return ast.parse(path.read_text(encoding="utf-8"))
+
+
+def imports_of(module: str, path: Path, known: set[str] | frozenset[str]) -> list[tuple[str, int, bool]]:
+    """(imported routerforge module, line, inside a function) for every import statement of the file."""
+    tree = _parse(path)
+    local = {id(node) for fn in ast.walk(tree) if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef))
+             for node in ast.walk(fn) if isinstance(node, (ast.Import, ast.ImportFrom))}
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[:len(package.split(".")) - (node.level - 1)]
+                base = ".".join(anchor + ([node.module] if node.module else []))
+            # `from routerforge.eval import plots` imports the submodule routerforge.eval.plots
+            targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in known else base for a in node.names]
+        else:
+            continue
+        for target in dict.fromkeys(targets):
+            if target == "routerforge" or target.startswith("routerforge."):
+                while target not in known:  # `import routerforge.x.y` of a name defined in x: its module
+                    target = target.rpartition(".")[0]
+                found.append((target, node.lineno, id(node) in local))
+    return found
+
+
+@functools.cache
+def _import_graph() -> dict[str, frozenset[str]]:
+    """module -> modules it imports (any statement), including the packages Python runs on the way
+    (importing routerforge.models.mf runs routerforge/models/__init__.py), except its own packages and the
+    ALLOWED arrows."""
+    modules = all_modules()
+    known = set(modules)
+    graph: dict[str, frozenset[str]] = {}
+    for module, path in modules.items():
+        edges = set()
+        for target, _, _ in imports_of(module, path, known):
+            if (module, target) in ALLOWED:
+                continue
+            edges.add(target)
+            parent = target.rpartition(".")[0]
+            while parent and parent != "routerforge" and not (module == parent or module.startswith(parent + ".")):
+                edges.add(parent)
+                parent = parent.rpartition(".")[0]
+        graph[module] = frozenset(edges - {module})
+    return graph
+
+
+def import_graph() -> dict[str, set[str]]:
+    return {module: set(edges) for module, edges in _import_graph().items()}
+
+
+def test_every_module_has_a_layer_and_every_arrow_points_down():
+    modules = all_modules()
+    known = set(modules)
+    upward = []
+    for module, path in modules.items():
+        for target, line, inside_function in imports_of(module, path, known):
+            if layer_of(target) > layer_of(module) and (module, target) not in ALLOWED:
+                where = "inside a function" if inside_function else "at module level"
+                upward.append(f"{path.relative_to(ROOT)}:{line} ({where}): {module} (layer {layer_of(module)}) "
+                              f"imports {target} (layer {layer_of(target)})")
+    assert not upward, "imports that point up the layer table:\n" + "\n".join(upward)
+
+
+def find_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Tarjan's strongly connected components: every component of two or more modules is a cycle."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    cycles: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for nxt in sorted(graph.get(node, ())):
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in on_stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return cycles
+
+
+def training_code_reached(graph: dict[str, set[str]]) -> list[str]:
+    """For each module of NO_TRAINING_CODE that reaches training code: one import chain that does."""
+    offenders = []
+    for start in sorted(m for m in graph if m.startswith(NO_TRAINING_CODE)):
+        parent: dict[str, str | None] = {start: None}
+        todo = [start]
+        while todo:
+            node = todo.pop()
+            for nxt in sorted(graph.get(node, ())):
+                if nxt not in parent:
+                    parent[nxt] = node
+                    todo.append(nxt)
+        reached = sorted(m for m in parent if m.startswith(TRAINING_CODE))
+        if reached:
+            chain, node = [], reached[0]
+            while node is not None:
+                chain.append(node)
+                node = parent[node]
+            offenders.append(" -> ".join(reversed(chain)))
+    return offenders
+
+
+def test_no_import_cycle():
+    cycles = find_cycles(import_graph())
+    assert not cycles, "import cycles (module sets that import each other):\n" + "\n".join(map(str, cycles))
+
+
+def test_models_and_inference_reach_no_training_code():
+    offenders = training_code_reached(import_graph())
+    assert not offenders, "training code reached from models / inference:\n" + "\n".join(offenders)
+
+
+def test_the_checks_find_what_they_look_for():
+    """The checks can fail: a planted cycle, a planted chain into training code and upward layers are found."""
+    assert layer_of("routerforge.models.mf") == 1 and layer_of("routerforge.train.checkpointing") == 2
+    assert layer_of("routerforge.data.config") == 0 and layer_of("routerforge.data.pipeline") == 1
+    assert layer_of("routerforge.registry.export") == 4 and layer_of("routerforge.registry.load") == 1
+    assert layer_of("routerforge.eval.cli") == 5 and layer_of("routerforge.eval.report") == 2
+    planted = {"routerforge.router": {"routerforge.eval.report"}, "routerforge.eval.report": {"routerforge.router"},
+               "routerforge.models.mf": {"routerforge.data.pipeline"},
+               "routerforge.data.pipeline": {"routerforge.train.tracking"}}
+    assert find_cycles(planted) == [["routerforge.eval.report", "routerforge.router"]]
+    assert training_code_reached(planted) == [
+        "routerforge.models.mf -> routerforge.data.pipeline -> routerforge.train.tracking"]
+    # every real module is in the table, and the real graph is the one the tests above read
+    graph = import_graph()
+    assert set(graph) == set(all_modules()) and "routerforge.router" in graph["routerforge.router_cli"]
