@@ -61,9 +61,12 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 sys.path.insert(0, str(REPO_ROOT / "bench"))
 
+from routerforge.registry.families import FAMILIES  # noqa: E402 (after the checkout is on sys.path)
+
 GPT4O, LLAMA31_8B, MIXTRAL = "gpt-4o", "Meta-Llama-3_1-8B-Instruct", "Mixtral-8x7B-Instruct-v0.1"
 GPT4_1106, MIXTRAL_HF = "gpt-4-1106-preview", "mistralai/Mixtral-8x7B-Instruct-v0.1"
-FAMILIES = ("knn", "linear", "mf", "cluster", "difficulty")
+# The families registered with bench overrides (routerforge/registry/families.py), in registration order.
+BENCHED_FAMILIES = tuple(name for name, family in FAMILIES.items() if family.bench_overrides is not None)
 BASELINES = ("random", "tfidf_lr", "emb_lr", "emb_knn", "routellm_mf", "oracle")
 N_BOOTSTRAP = 1000
 KNN_BASELINE_K = 25
@@ -157,21 +160,11 @@ def prepare(bench_set: BenchSet, work: Path, cache_dir: Path, quick: int | None,
     return work / "datasets" / bench_set.name
 
 
-FAMILY_OVERRIDES = {
-    # No trackers or step checkpoints in a benchmark; every other key is the default config's.
-    "mf": ["tracking.report_to=none", "checkpoint.every_optimizer_steps=0", "run.progress_bar=false"],
-    "difficulty": ["tracking.report_to=none", "checkpoint.every_optimizer_steps=0", "run.progress_bar=false"],
-    "cluster": ["tracking.report_to=none", "run.progress_bar=false"],
-    "knn": ["tracking.report_to=none", "run.progress_bar=false"],
-    "linear": ["tracking.report_to=none", "run.progress_bar=false"],
-}
-
-
 def train_family(family: str, dataset: Path, work: Path, set_name: str, threads: int) -> tuple[Path, dict]:
     out = work / set_name / "checkpoints"
     cmd = [sys.executable, f"training/train_{family}.py", "--config", f"configs/{family}/default.yaml",
            f"data.path={dataset}", f"run.output_dir={out}", f"run.name={set_name}",
-           *FAMILY_OVERRIDES.get(family, [])]
+           *FAMILIES[family].bench_overrides]
     seconds = run_logged(cmd, work / set_name / f"train_{family}.log", threads)
     export = out / family / set_name / "final"
     manifest = json.loads((export / "manifest.json").read_text())
@@ -364,7 +357,7 @@ def choose_dcrouter_pair(dataset, prices_file: Path) -> tuple[str, str]:
 
 def run_set(bench_set: BenchSet, args, work: Path) -> dict:
     from routerforge.data.dataset_io import load_prepared
-    from routerforge.registry.families import build_prompt_embedder
+    from routerforge.models.family_scorer import build_prompt_embedder
     from routerforge.router import Router
 
     dataset_root = prepare(bench_set, work, args.cache_dir, args.quick, args.threads)
@@ -398,7 +391,7 @@ def run_set(bench_set: BenchSet, args, work: Path) -> dict:
         for family, export in exports.items():
             # What `routerforge eval` computes (evaluate_router): the router's binary score on the test prompts.
             router = Router.from_pretrained(str(export), embedding_cache_dir=str(args.cache_dir))
-            spec = router.binary_score(strong, weak)
+            spec = router.score_spec(strong, weak)
             scores[family] = np.asarray(router.scores_for(pd.test_texts, spec), dtype=np.float64)
             info[family] = {**train_info[family], "score_rule": spec.to_dict().get("rule")}
         for baseline in args.baselines:
@@ -505,7 +498,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sets", default="mmlu_pro,routellm_mmlu,gsm8k,dcrouter,mmlu_redux,mt_bench",
                         help="comma-separated sets (default: all)")
-    parser.add_argument("--families", default=",".join(FAMILIES), help="comma-separated RouterForge families")
+    parser.add_argument("--families", default=",".join(BENCHED_FAMILIES), help="comma-separated RouterForge families")
     parser.add_argument("--baselines", default=",".join(BASELINES), help="comma-separated baselines")
     parser.add_argument("--data-root", type=Path, default=REPO_ROOT / "data", help="the bundled real data")
     parser.add_argument("--work", type=Path, default=REPO_ROOT / "bench" / "results" / "quality" / "work",
@@ -522,9 +515,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args = parser.parse_args(argv)
     args.families = [f for f in args.families.split(",") if f]
     args.baselines = [b for b in args.baselines.split(",") if b]
-    unknown = [f for f in args.families if f not in FAMILIES] + [b for b in args.baselines if b not in BASELINES]
+    unknown = [f for f in args.families if f not in BENCHED_FAMILIES] + [b for b in args.baselines if b not in BASELINES]
     if unknown:
-        parser.error(f"unknown families/baselines: {unknown} (families: {FAMILIES}; baselines: {BASELINES})")
+        parser.error(f"unknown families/baselines: {unknown} (families: {BENCHED_FAMILIES}; baselines: {BASELINES})")
     if args.routellm_venv is None:
         from bench_mf_vs_routellm import DEFAULT_VENV
 

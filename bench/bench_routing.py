@@ -92,7 +92,7 @@ def timed_calls(router, batches: list[list[str]], route_kwargs: dict) -> dict:
 
 
 def bench_router(path: Path, prompts: list[str], args) -> dict:
-    from routerforge.eval.calibrate import calibrate_router
+    from routerforge.eval.thresholds import calibrate_router
     from routerforge.registry.export import write_calibration
     from routerforge.router import Router
 

@@ -49,7 +49,7 @@ def train_checkpoint(work: Path) -> Path:
 
 
 def calibrate(checkpoint: Path, prompts: list[str]) -> None:
-    from routerforge.eval.calibrate import calibrate_router
+    from routerforge.eval.thresholds import calibrate_router
     from routerforge.registry.export import write_calibration
     from routerforge.router import Router
     from tests.fixtures import registry_routers as rr

@@ -21,45 +21,11 @@ import sys
 import time
 from pathlib import Path
 
-DEMO_DATA_CONFIG = Path("configs/data/demo.yaml")
-DEMO_DATA = "data/processed/demo"
+from routerforge.registry.families import DEMO_DATA, FAMILIES
 
-# (title, script, config, overrides): the demo sizes of the recipes' default configs.
-TRAINING_STEPS = [
-    ("train the kNN router (every model's mean score on the nearest training prompts; k chosen on validation)",
-     "training/train_knn.py", "configs/knn/default.yaml", ["run.name=demo", "tracking.report_to=tensorboard"]),
-    ("train the linear router (a logistic head per model on the prompt embedding; C by cross-validation)",
-     "training/train_linear.py", "configs/linear/default.yaml", ["run.name=demo", "tracking.report_to=tensorboard"]),
-    ("train the matrix factorization router (RouteLLM)", "training/train_mf.py", "configs/mf/default.yaml",
-     # the demo's 1k pairs: RouteLLM's batch and lr (the default config is sized for 100k+ pairs)
-     ["run.name=demo", "run.epochs=50", "run.micro_batch_size=64", "optim.lr=3e-4",
-      "run.eval_every_optimizer_steps=500", "run.early_stopping_patience_evals=0", "run.keep_best=false",
-      "resume=auto", "tracking.report_to=tensorboard"]),
-    ("train the difficulty router (BEST-Route heads on the packaged all-MiniLM-L6-v2)", "training/train_difficulty.py",
-     "configs/difficulty/default.yaml",
-     # CPU-sized: 40 optimizer steps of 16 prompts at <= 128 tokens (~1.5 min on 2 quiet cores)
-     ["run.name=demo", "run.max_optimizer_steps=40", "run.micro_batch_size=16", "model.max_seq_tokens=128",
-      "optim.lr=5e-5", "optim.warmup_fraction=0.2", "run.eval_every_optimizer_steps=0",
-      "run.early_stopping_patience_evals=0", "resume=auto",
-      "tracking.report_to=tensorboard"]),
-    ("train the cluster router (UniRoute)", "training/train_cluster.py", "configs/cluster/default.yaml",
-     # 8 clusters with a 5-outcome prior: the demo's validation split is small (see the config's comment)
-     ["run.name=demo", "clusters.num_clusters=8", "table.prior_pseudo_count=5", "tracking.report_to=tensorboard",
-      "data.table_split=validation", "data.eval_split=test",  # the demo's documented results: UniRoute's table
-      "costs.prices_file=data/prices/routerarena/model_cost/cost.json",
-      # RouterArena lists Mixtral as mistralai/mixtral-8x7b-instruct: its price under our model name
-      "costs.prices={mistralai/Mixtral-8x7B-Instruct-v0.1: "
-      "{input_usd_per_million_tokens: 0.6, output_usd_per_million_tokens: 0.6}}"]),
-    # Probe: the packaged MiniLM encoder STANDS IN for Mixtral's own hidden states (offline, no causal LM);
-    # P(Mixtral correct) on RouteLLM MMLU, reported on the held-out eval/mmlu set against the baselines.
-    ("hidden states for the probe (MiniLM stand-in for the weak model)", "data_prep/hidden_states.py",
-     "configs/probe/default.yaml", [f"features.dataset={DEMO_DATA}", "features.eval_sets=[mmlu]"]),
-    ("train the probe router (P(weak model correct), MiniLM stand-in)", "training/train_probe.py",
-     "configs/probe/default.yaml",
-     [f"features.dataset={DEMO_DATA}", "features.eval_sets=[mmlu]", "data.report_sets=[eval/mmlu]",
-      "data.sources=[mmlu]",
-      "run.name=demo", "resume=auto", "tracking.report_to=tensorboard"]),
-]
+DEMO_DATA_CONFIG = Path("configs/data/demo.yaml")
+# Each family's demo steps (routerforge/registry/families.py): the demo sizes of the recipes' default configs.
+TRAINING_STEPS = [step for family in FAMILIES.values() for step in family.demo]
 
 
 def _run(cmd: list[str]) -> None:
@@ -80,11 +46,12 @@ def run_demo() -> int:
     print(dataset_summary(path))
     print(f"dataset: {path}  ({time.perf_counter() - t_start:.0f}s)", flush=True)
 
-    for number, (title, script, config, overrides) in enumerate(TRAINING_STEPS, start=2):
+    for number, step in enumerate(TRAINING_STEPS, start=2):
         t0 = time.perf_counter()
-        print(f"\n== {number}. {title} ==", flush=True)
+        print(f"\n== {number}. {step.title} ==", flush=True)
+        overrides = list(step.overrides)
         data_arg = [] if any(o.startswith("features.dataset=") for o in overrides) else [f"data.path={DEMO_DATA}"]
-        _run([sys.executable, script, "--config", config, *data_arg, *overrides])
+        _run([sys.executable, step.script, "--config", step.config, *data_arg, *overrides])
         print(f"({time.perf_counter() - t0:.0f}s)", flush=True)
     number = len(TRAINING_STEPS) + 2
     evaluate_calibrate_route(path, number)
@@ -93,7 +60,7 @@ def run_demo() -> int:
 
 
 STRONG, WEAK = "gpt-4-1106-preview", "mistralai/Mixtral-8x7B-Instruct-v0.1"
-EVAL_ROUTERS = ("knn", "linear", "mf", "difficulty", "cluster", "probe")
+EVAL_ROUTERS = tuple(name for name, family in FAMILIES.items() if family.demo)
 ROUTE_EXAMPLES_WITH = "knn"
 EXAMPLE_PROMPTS = [
     "What is the capital of France?",

@@ -14,7 +14,7 @@
 
 Loading verifies the checkpoint first (routerforge/registry/load.py: sha256 of every file, model pool and
 encoder agree between manifest and config; the encoder this machine resolves is the one recorded), then
-builds the family's scorer (routerforge/registry/families.py). Prompts are processed in batches of
+builds the family's scorer (the loader routerforge/registry/families.py registers for it). Prompts are processed in batches of
 `batch_size`; `timing` accumulates the seconds spent in the encoder and in the rest (bench/bench_routing.py).
 
 Binary scores. `score` asks "does this prompt need `strong` rather than `weak`?". When the router knows both
@@ -25,7 +25,7 @@ Otherwise the error names the models the router knows.
 
 Routing modes (exactly one; none = `cost_weight` at the router's default):
 * strong_share: the threshold calibrated for that share on the user's prompts (calibration.json; see
-  routerforge/eval/calibrate.py), ties split by prompt hash;
+  routerforge/eval/thresholds.py), ties split by prompt hash;
 * threshold: strong iff score >= threshold;
 * cost_weight λ: argmax over the router's models of predicted quality − λ·predicted cost (USD per prompt),
   ties to the cheaper model (routerforge.eval.multi.route_by_cost_weight). Needs a router that predicts
@@ -42,14 +42,15 @@ from pathlib import Path
 import numpy as np
 
 from routerforge.errors import CheckpointError, RouterForgeError
-from routerforge.eval.calibrate import (
+from routerforge.eval.thresholds import (
     CALIBRATION_FILE,
     find_calibration,
     read_calibration,
     strong_mask,
     threshold_row,
 )
-from routerforge.registry.families import FamilyScorer, load_family
+from routerforge.models.family_scorer import FamilyScorer
+from routerforge.registry.families import load_family
 from routerforge.registry.load import fetch_checkpoint, is_hub_id, verify_checkpoint
 from routerforge.registry.publish import PublishResult, publish_checkpoint
 
@@ -59,7 +60,7 @@ class RoutingError(RouterForgeError):
 
 
 @dataclass(frozen=True)
-class BinaryScore:
+class ScoreSpec:
     """Which score `score`/`route` computes: names returned, kind, and the router's models used."""
 
     strong: str | None
@@ -137,15 +138,21 @@ class Router:
 
     @property
     def name(self) -> str:
-        return str(self.manifest.get("router") or self.manifest.get("recipe") or self.scorer.router_type)
+        return str(self.manifest.get("router") or self.manifest.get("recipe") or self.scorer.family)
 
     @property
     def version(self) -> str | None:
         return self.manifest.get("version")
 
     @property
+    def family(self) -> str:
+        """The router family (mf, cluster, knn, ...; manifest.json's `router_type`)."""
+        return self.scorer.family
+
+    @property
     def router_type(self) -> str:
-        return self.scorer.router_type
+        """The family under the name manifest.json stores it by (`family`)."""
+        return self.scorer.family
 
     @property
     def models(self) -> tuple[str, ...]:
@@ -153,7 +160,7 @@ class Router:
         return self.scorer.models
 
     def __repr__(self) -> str:
-        return (f"Router({self.name} {self.version or '(unversioned)'}, {self.router_type}, "
+        return (f"Router({self.name} {self.version or '(unversioned)'}, {self.family}, "
                 f"{len(self.manifest['model_pool'])} models, {self.path})")
 
     # ------------------------------------------------------------------------------------------------ scoring
@@ -184,8 +191,8 @@ class Router:
         inverse[np.asarray(order, dtype=np.int64)] = np.arange(len(order))
         return {key: np.concatenate([c[key] for c in chunks])[inverse] for key in chunks[0]}
 
-    def binary_score(self, strong: str | None = None, weak: str | None = None,
-                     router_pair: Sequence[str] | None = None) -> BinaryScore:
+    def score_spec(self, strong: str | None = None, weak: str | None = None,
+                   router_pair: Sequence[str] | None = None) -> ScoreSpec:
         """Which binary score answers "strong or weak?" for this request (module docstring); no model call."""
         scorer = self.scorer
         if router_pair is not None:
@@ -197,7 +204,7 @@ class Router:
             if len(entries) == 1:
                 return self._spec_of(entries[0])
             if scorer.pair_free:
-                return BinaryScore(None, None, "pair_free", None, scorer.pair_free_rule or scorer.pair_free)
+                return ScoreSpec(None, None, "pair_free", None, scorer.pair_free_rule or scorer.pair_free)
             raise RoutingError(f"{self.name}: name the strong and weak model; this router scores pairs of "
                                f"{', '.join(scorer.pair_models)}.")
         if strong is None and weak is None:
@@ -207,15 +214,15 @@ class Router:
         scoring = router_pair or (strong, weak)
         rule = scorer.pair_rule(*scoring)
         if rule is not None:
-            return BinaryScore(strong, weak, "pair", router_pair, rule)
+            return ScoreSpec(strong, weak, "pair", router_pair, rule)
         if router_pair is None and scorer.pair_free:
-            return BinaryScore(strong, weak, "pair_free", None, scorer.pair_free_rule or scorer.pair_free)
+            return ScoreSpec(strong, weak, "pair_free", None, scorer.pair_free_rule or scorer.pair_free)
         asked = f"router_pair ({scoring[0]}, {scoring[1]})" if router_pair else f"the pair ({strong}, {weak})"
-        raise RoutingError(f"{self.name} ({self.router_type}) cannot score {asked}: it knows "
+        raise RoutingError(f"{self.name} ({self.family}) cannot score {asked}: it knows "
                            f"{', '.join(scorer.pair_models) or 'no model pair'}. Pass router_pair / --router-pair "
                            f"STRONG WEAK naming two of its models to stand in for the strong and weak model.")
 
-    def scores_for(self, prompts: str | Sequence[str], spec: BinaryScore) -> np.ndarray:
+    def scores_for(self, prompts: str | Sequence[str], spec: ScoreSpec) -> np.ndarray:
         outputs = self.predict(prompts)
         if not outputs:
             return np.zeros(0)
@@ -226,7 +233,7 @@ class Router:
     def score(self, prompts: str | Sequence[str], strong: str | None = None, weak: str | None = None,
               router_pair: Sequence[str] | None = None) -> np.ndarray:
         """Per-prompt binary score (float64 [n]); higher = more in need of `strong` over `weak`."""
-        return self.scores_for(prompts, self.binary_score(strong, weak, router_pair))
+        return self.scores_for(prompts, self.score_spec(strong, weak, router_pair))
 
     # ------------------------------------------------------------------------------------------------ routing
     def route(self, prompts: str | Sequence[str], *, strong_share: float | None = None,
@@ -258,7 +265,7 @@ class Router:
                                  self.calibration.get("tie_tolerance", 1e-6))
             return [spec.strong if s else spec.weak for s in routed], scores
         if threshold is not None:
-            spec = self.binary_score(strong, weak, router_pair)
+            spec = self.score_spec(strong, weak, router_pair)
             if spec.strong is None:
                 raise RoutingError("threshold routing needs the strong and weak model names (strong=..., weak=...).")
             scores = self.scores_for(prompts, spec)
@@ -274,7 +281,7 @@ class Router:
         if not (cost_weight >= 0):
             raise RoutingError(f"cost_weight must be >= 0 (quality per USD), got {cost_weight}.")
         if cost_weight > 0 and not self.scorer.has_cost:
-            raise RoutingError(f"{self.name} ({self.router_type}) predicts no cost, so cost_weight={cost_weight} "
+            raise RoutingError(f"{self.name} ({self.family}) predicts no cost, so cost_weight={cost_weight} "
                                f"cannot trade quality for cost; use strong_share= or threshold=, or cost_weight=0.")
         if not prompts:
             return [], np.zeros(0)
@@ -287,10 +294,10 @@ class Router:
             else -cost[rows, choice]
         return [self.scorer.models[j] for j in choice], utility
 
-    def _spec_of(self, entry: dict) -> BinaryScore:
+    def _spec_of(self, entry: dict) -> ScoreSpec:
         score = entry["score"]
         pair = tuple(score["router_pair"]) if score.get("router_pair") else None
         if score["kind"] == "pair" and self.scorer.pair_rule(*(pair or (entry["strong"], entry["weak"]))) is None:
             raise CheckpointError(f"{self.path / CALIBRATION_FILE}: calibrated for a pair this router cannot score "
                                   f"({pair or (entry['strong'], entry['weak'])}); re-run `routerforge calibrate`.")
-        return BinaryScore(entry["strong"], entry["weak"], score["kind"], pair, score.get("rule", ""))
+        return ScoreSpec(entry["strong"], entry["weak"], score["kind"], pair, score.get("rule", ""))

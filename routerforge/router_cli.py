@@ -61,7 +61,7 @@ def route_main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         from routerforge.errors import DataError
-        from routerforge.eval.calibrate import read_prompts
+        from routerforge.eval.thresholds import read_prompts
 
         prompts = list(args.prompt) + (read_prompts(args.prompts) if args.prompts else [])
         if not prompts:

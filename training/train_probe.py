@@ -41,7 +41,7 @@ from routerforge.data.dataset_io import load_prepared
 from routerforge.data.hidden_states import HiddenStatesConfig, load_hidden_states, store_dir_for
 from routerforge.errors import ConfigError, DataError
 from routerforge.eval.binary import binary_report
-from routerforge.eval.calibration import reliability_bins
+from routerforge.eval.probability_calibration import reliability_bins
 from routerforge.eval.uncertainty_baselines import (
     auroc,
     binarize_scores,

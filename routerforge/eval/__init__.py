@@ -31,14 +31,6 @@ from routerforge.eval.binary import (
     strong_share_curve,
 )
 from routerforge.eval.bootstrap import BootstrapInterval, bootstrap_metric, bootstrap_metrics
-from routerforge.eval.calibration import (
-    CalibrationReport,
-    ReliabilityBins,
-    brier_score,
-    calibration_report,
-    expected_calibration_error,
-    reliability_bins,
-)
 from routerforge.eval.multi import (
     MultiReport,
     QualityCostHull,
@@ -57,6 +49,14 @@ from routerforge.eval.outcome_table import (
     load_outcome_table,
     model_index,
     strong_weak_columns,
+)
+from routerforge.eval.probability_calibration import (
+    CalibrationReport,
+    ReliabilityBins,
+    brier_score,
+    calibration_report,
+    expected_calibration_error,
+    reliability_bins,
 )
 
 __all__ = [

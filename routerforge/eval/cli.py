@@ -140,7 +140,7 @@ def calibrate_main(argv: Sequence[str] | None = None) -> int:
     add_loading_args(parser, hub=False)
     args = parser.parse_args(argv)
     try:
-        from routerforge.eval.calibrate import calibrate_router, read_prompts
+        from routerforge.eval.thresholds import calibrate_router, read_prompts
         from routerforge.registry.export import write_calibration
 
         prompts = read_prompts(args.prompts)

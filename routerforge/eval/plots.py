@@ -23,8 +23,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from routerforge.eval.binary import BinaryReport
-from routerforge.eval.calibration import ReliabilityBins
 from routerforge.eval.multi import MultiReport
+from routerforge.eval.probability_calibration import ReliabilityBins
 
 _DPI = 120
 

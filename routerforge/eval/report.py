@@ -1,7 +1,7 @@
 """Run a router over a long outcome table: binary (strong/weak) or multi-model report, JSON and plot.
 
 Binary (`strong` and `weak` given): the router's binary score on every prompt that has both models' scores
-(routerforge.router.Router.binary_score: the router's pair score, a stand-in pair via `router_pair`, or a
+(routerforge.router.Router.score_spec: the router's pair score, a stand-in pair via `router_pair`, or a
 pair-free score) -> `binary_report` (RouteLLM's APGR, CPT(50%), CPT(80%), AUC, with random and oracle
 references and percentile-bootstrap intervals).
 
@@ -101,7 +101,7 @@ def _evaluate_binary(router, path, table, strong, weak, router_pair, model_map, 
         router_pair = (model_map.get(strong, strong), model_map.get(weak, weak))
     columns = strong_weak_columns(table, strong, weak)
     prompts = _prompt_texts(columns.prompts, columns.prompt_ids, str(path))
-    spec = router.binary_score(strong, weak, router_pair)
+    spec = router.score_spec(strong, weak, router_pair)
     scores = router.scores_for(prompts, spec)
     report = binary_report(scores, columns.weak_scores, columns.strong_scores, n_bootstrap=n_bootstrap,
                            confidence=confidence, seed=seed)

@@ -16,7 +16,7 @@ the outcome y_i is 1 when it did (score >= `correct_threshold`). Compared here:
 * **random**: c ~ U(0, 1), seeded (AUROC 0.5 in expectation).
 
 Metrics. AUROC of c against y (sklearn's `roc_auc_score`, ties = half credit) measures ranking; ECE and
-Brier (`routerforge.eval.calibration`) measure the probabilities. A raw self-reported confidence is often
+Brier (`routerforge.eval.probability_calibration`) measure the probabilities. A raw self-reported confidence is often
 badly calibrated while ranking well, so every estimator is also reported after **Platt scaling** fitted
 on the selection split (a 1-D logistic regression on logit(c); Platt 1999): its AUROC is unchanged (a
 monotone map) and its ECE/Brier say how good the signal is once calibrated. The probe is temperature-
@@ -38,7 +38,7 @@ import numpy as np
 from routerforge.errors import DataError
 from routerforge.eval.binary import SHARE_GRID, binary_report, quality_at_share
 from routerforge.eval.bootstrap import bootstrap_metrics
-from routerforge.eval.calibration import DEFAULT_N_BINS, brier_score, expected_calibration_error
+from routerforge.eval.probability_calibration import DEFAULT_N_BINS, brier_score, expected_calibration_error
 
 CURVE_SHARES = np.round(np.linspace(0.0, 1.0, 21), 2)
 """Escalation shares (0, 0.05, ..., 1) at which reports list routed accuracy."""

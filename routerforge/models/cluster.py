@@ -28,12 +28,20 @@ USD (λ = 100 means one cent must buy at least 0.01 of expected score).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from routerforge.errors import DataError
+from routerforge.errors import CheckpointError, DataError
+from routerforge.models.family_scorer import (
+    WEIGHTS_FILE,
+    FamilyScorer,
+    build_prompt_embedder,
+    index_of,
+    load_weights,
+)
 
 KMEANS_INITS = ("kmeans++", "random")
 STATE_KEYS = ("centroids", "quality", "cost", "support")
@@ -345,3 +353,43 @@ def add_models(router: ClusterRouter, stats: TableStats, prior_pseudo_count: flo
         torch.cat([router.cost, torch.from_numpy(cost).to(router.cost.device)], dim=1),
         torch.cat([router.support, torch.from_numpy(support).to(router.support.device)], dim=1),
     )
+
+
+# ---------------------------------------------------------------------------------------------------- loading
+def load_family_scorer(directory: Path, manifest: dict, config: dict, *, batch_size: int = 64, device: str = "cpu",
+                       embedding_cache_dir: str | None = None) -> FamilyScorer:
+    """UniRoute: quality / cost = the nearest cluster's mean score / mean cost (USD per prompt) per model;
+    pair score = quality[strong] − quality[weak], the expected score gained by calling the strong model."""
+    models = tuple(config["model_pool"])
+    try:
+        router = ClusterRouter.from_state_dict(load_weights(directory))
+    except ValueError as err:
+        raise CheckpointError(f"{directory / WEIGHTS_FILE}: not a cluster router ({err}); re-export.") from None
+    if router.num_models != len(models):
+        raise CheckpointError(f"{directory / WEIGHTS_FILE}: table has {router.num_models} model columns but the pool "
+                              f"lists {len(models)}: another model pool; re-export.")
+    router.to(device)
+    embed, encoder_id = build_prompt_embedder(manifest["encoder"], router.prompt_embedding_dim,
+                                              batch_size=batch_size, device=device,
+                                              embedding_cache_dir=embedding_cache_dir)
+    index = index_of(models)
+
+    def head(embeddings: np.ndarray) -> dict[str, np.ndarray]:
+        clusters = router.assign(torch.from_numpy(embeddings).to(device))
+        return {"quality": router.quality[clusters].double().cpu().numpy(),
+                "cost": router.cost[clusters].double().cpu().numpy(),
+                "cluster": clusters.cpu().numpy()}
+
+    def pair_rule(strong: str, weak: str) -> str | None:
+        if strong in index and weak in index:
+            return (f"quality[{strong}] - quality[{weak}] of the prompt's nearest cluster (UniRoute): expected score "
+                    f"gained by the strong model")
+        return None
+
+    def pair_score(outputs: dict[str, np.ndarray], strong: str, weak: str) -> np.ndarray:
+        quality = outputs["quality"]
+        return quality[:, index[strong]] - quality[:, index[weak]]
+
+    return FamilyScorer("cluster", models, embed, head, pair_rule, pair_score, models, has_quality=True,
+                        has_cost=True, default_cost_weight=float(config.get("cost_weight", 0.0)),
+                        encoder_id=encoder_id)

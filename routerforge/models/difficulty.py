@@ -44,12 +44,14 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import nn
 
-from routerforge.errors import ConfigError
+from routerforge.errors import CheckpointError, ConfigError
+from routerforge.models.family_scorer import FamilyScorer, index_of, sigmoid
 
 RANDOM_DEBERTA_PREFIX = "random-deberta:"
 POOLINGS = ("cls", "mean")
@@ -400,3 +402,95 @@ def load_router(directory: str | Path) -> tuple[DifficultyRouter, object, dict]:
                                  f"re-export the router.") from None
     tokenizer = AutoTokenizer.from_pretrained(str(directory / TOKENIZER_DIR))
     return DifficultyRouter(backbone, heads, config["pooling"]).eval(), tokenizer, config
+
+
+# ---------------------------------------------------------------------------------------------------- loading
+def load_family_scorer(directory: Path, manifest: dict, config: dict, *, batch_size: int = 64, device: str = "cpu",
+                       embedding_cache_dir: str | None = None) -> FamilyScorer:
+    """BEST-Route heads. With candidate heads, quality = P(candidate's answer >= reference − t) for each
+    single-sample candidate and 1 for the reference model itself (it is the bar); the pair score for
+    (reference, weak) is 1 − P(weak's answer >= reference − t) (Hybrid LLM / BEST-Route's routing score). With
+    win heads, quality = per-model strengths and the pair score is σ(s_strong − s_weak). The difficulty head
+    gives a pair-free score (predicted share of the pool that fails the prompt)."""
+    try:
+        router, tokenizer, config = load_router(directory)
+    except (ConfigError, OSError, ValueError, RuntimeError) as err:
+        raise CheckpointError(f"{directory}: the difficulty router does not load ({str(err).splitlines()[0]}); "
+                              f"re-export.") from None
+    router.to(device).eval()
+    pool = tuple(config["model_pool"])
+    pool_index = index_of(pool)
+    reference = config.get("reference_model")
+    heads = router.heads
+    single = [(c, cand["model"]) for c, cand in enumerate(config.get("candidates", [])) if cand["n_samples"] == 1]
+    candidate_column = {model: c for c, model in single}
+    if heads.candidates is not None and reference is not None:
+        models = (reference, *[model for _, model in single])
+    elif heads.win is not None:
+        models = pool
+    else:
+        models = ()
+    max_tokens = int(config["max_seq_tokens"])
+    if tokenizer.pad_token_id is None:
+        raise CheckpointError(f"{directory}/tokenizer: the tokenizer has no padding token; re-export.")
+
+    def encode(prompts: list[str]):
+        # As in training (difficulty_data.build_examples + collate_examples): truncate, pad on the right.
+        batch = tokenizer(list(prompts), truncation=True, max_length=max_tokens, padding=True,
+                          padding_side="right", return_tensors="pt")
+        ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+        with torch.inference_mode():
+            hidden = router.backbone(input_ids=ids, attention_mask=mask).last_hidden_state
+            return pool_hidden_states(hidden, mask, router.pooling)
+
+    # The heads are a few Linear layers behind dropout (identity at inference): applied in numpy, they cost
+    # microseconds per batch instead of torch's per-op dispatch, which at batch 1 rivals a tiny backbone.
+    def as_numpy(layer):
+        if layer is None:
+            return None
+        return (layer.weight.detach().double().cpu().numpy().T.copy(), layer.bias.detach().double().cpu().numpy())
+
+    candidates_w, difficulty_w, win_w = as_numpy(heads.candidates), as_numpy(heads.difficulty), as_numpy(heads.win)
+
+    def head(pooled) -> dict[str, np.ndarray]:
+        x = pooled.double().cpu().numpy()
+        result: dict[str, np.ndarray] = {}
+        if candidates_w is not None:
+            match = sigmoid(x @ candidates_w[0] + candidates_w[1])
+            result["candidate_match"] = match
+            if reference is not None:
+                cols = [np.ones(len(match))] + [match[:, c] for c, _ in single]
+                result["quality"] = np.stack(cols, axis=1)
+        if difficulty_w is not None:
+            result["difficulty"] = sigmoid((x @ difficulty_w[0] + difficulty_w[1])[:, 0])
+        if win_w is not None:
+            result["strengths"] = x @ win_w[0] + win_w[1]
+            if "quality" not in result:
+                result["quality"] = result["strengths"]
+        return result
+
+    def pair_rule(strong: str, weak: str) -> str | None:
+        if heads.candidates is not None and strong == reference and weak in candidate_column:
+            return (f"1 - P({weak}'s answer >= {reference}'s - {config.get('tolerance', 0.0)}) (BEST-Route candidate "
+                    f"head)")
+        if heads.win is not None and strong in pool_index and weak in pool_index:
+            return f"P({strong} beats {weak} | prompt) = sigmoid(s_strong - s_weak) (win head)"
+        return None
+
+    def pair_score(outputs: dict[str, np.ndarray], strong: str, weak: str) -> np.ndarray:
+        if heads.candidates is not None and strong == reference and weak in candidate_column:
+            return 1.0 - outputs["candidate_match"][:, candidate_column[weak]]
+        strengths = outputs["strengths"]
+        return sigmoid(strengths[:, pool_index[strong]] - strengths[:, pool_index[weak]])
+
+    pair_models = tuple(dict.fromkeys(
+        ([reference, *candidate_column] if heads.candidates is not None and reference else [])
+        + (list(pool) if heads.win is not None else [])))
+    return FamilyScorer(
+        "difficulty", models, encode, head, pair_rule, pair_score, pair_models,
+        has_quality=bool(models), has_cost=False,
+        pair_free="difficulty" if heads.difficulty is not None else None,
+        pair_free_rule=("predicted difficulty: 1 - mean score of the pool on the prompt (difficulty head)"
+                        if heads.difficulty is not None else None),
+        encoder_id=str((config.get("backbone") or {}).get("name")),
+    )

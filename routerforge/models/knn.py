@@ -25,11 +25,19 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
-from routerforge.errors import DataError
+from routerforge.errors import CheckpointError, DataError
 from routerforge.models.cluster import embedding_matrix
+from routerforge.models.family_scorer import (
+    WEIGHTS_FILE,
+    FamilyScorer,
+    build_prompt_embedder,
+    expected_gain_scorer,
+    load_weights,
+)
 
 STATE_KEYS = ("embeddings", "scores", "prior_mean")
 WEIGHTINGS = ("uniform", "softmax")
@@ -152,3 +160,27 @@ class KNNRouter:
             raise DataError(f"the new model's score column has {column.shape[0]} rows, the index "
                             f"{self.scores.shape[0]} prompts.")
         return KNNRouter(self.embeddings, np.concatenate([self.scores, column], axis=1))
+
+
+# ---------------------------------------------------------------------------------------------------- loading
+def load_family_scorer(directory: Path, manifest: dict, config: dict, *, batch_size: int = 64, device: str = "cpu",
+                       embedding_cache_dir: str | None = None) -> FamilyScorer:
+    """A kNN router (training/train_knn.py): quality = each model's neighbour-mean score; pair score =
+    quality[strong] - quality[weak], the expected score gained by calling the strong model."""
+
+    models = tuple(config["model_pool"])
+    try:
+        router = KNNRouter.from_state_dict(load_weights(directory))
+        settings = KNNSettings(int(config["k"]), float(config["prior_strength"]), str(config["weighting"]),
+                               float(config["temperature"]))
+    except (ValueError, KeyError) as err:
+        raise CheckpointError(f"{directory}: not a kNN router ({err}); re-export.") from None
+    if router.num_models != len(models):
+        raise CheckpointError(f"{directory / WEIGHTS_FILE}: score table has {router.num_models} model columns but "
+                              f"the pool lists {len(models)}: another model pool; re-export.")
+    embed, encoder_id = build_prompt_embedder(manifest["encoder"], router.prompt_embedding_dim,
+                                              batch_size=batch_size, device=device,
+                                              embedding_cache_dir=embedding_cache_dir)
+    return expected_gain_scorer(
+        "knn", models, embed, lambda embeddings: router.predict(np.asarray(embeddings, dtype=np.float32), settings),
+        f"mean score of the {settings.k} nearest training prompts (kNN)", encoder_id)

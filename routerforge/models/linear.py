@@ -16,9 +16,18 @@ embeddings is the standard strong baseline of the routing literature (e.g. the "
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
-from routerforge.errors import DataError
+from routerforge.errors import CheckpointError, DataError
+from routerforge.models.family_scorer import (
+    WEIGHTS_FILE,
+    FamilyScorer,
+    build_prompt_embedder,
+    expected_gain_scorer,
+    load_weights,
+)
 
 STATE_KEYS = ("weight", "bias")
 
@@ -86,3 +95,24 @@ class LinearRouter:
                             f"{self.prompt_embedding_dim}: another encoder.")
         logits = x @ self.weight.T.astype(np.float64) + self.bias.astype(np.float64)
         return 1.0 / (1.0 + np.exp(-logits))
+
+
+# ---------------------------------------------------------------------------------------------------- loading
+def load_family_scorer(directory: Path, manifest: dict, config: dict, *, batch_size: int = 64, device: str = "cpu",
+                       embedding_cache_dir: str | None = None) -> FamilyScorer:
+    """A linear router (training/train_linear.py): quality = P(each model answers well) from its logistic head;
+    pair score = P(strong) - P(weak)."""
+
+    models = tuple(config["model_pool"])
+    try:
+        router = LinearRouter.from_state_dict(load_weights(directory))
+    except ValueError as err:
+        raise CheckpointError(f"{directory}: not a linear router ({err}); re-export.") from None
+    if router.num_models != len(models):
+        raise CheckpointError(f"{directory / WEIGHTS_FILE}: {router.num_models} heads but the pool lists "
+                              f"{len(models)} models: another model pool; re-export.")
+    embed, encoder_id = build_prompt_embedder(manifest["encoder"], router.prompt_embedding_dim,
+                                              batch_size=batch_size, device=device,
+                                              embedding_cache_dir=embedding_cache_dir)
+    return expected_gain_scorer("linear", models, embed, router.predict,
+                                "P(answers well) from a logistic head on the prompt embedding", encoder_id)

@@ -18,9 +18,22 @@ weights map onto this module (their Sequential wrappers add a `.0`).
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from routerforge.errors import CheckpointError
+from routerforge.models.family_scorer import (
+    WEIGHTS_FILE,
+    FamilyScorer,
+    build_prompt_embedder,
+    index_of,
+    load_weights,
+    sigmoid,
+)
 
 
 class MFModel(nn.Module):
@@ -113,3 +126,43 @@ def new_model_l2_penalty(model: MFModel, num_frozen_models: int, weight_decay: f
     """(weight_decay / 2)·‖P_new‖²: its gradient weight_decay·P_new is exactly Adam's coupled L2 decay."""
     new_rows = model.P.weight[num_frozen_models:]
     return 0.5 * weight_decay * new_rows.pow(2).sum()
+
+
+# ---------------------------------------------------------------------------------------------------- loading
+def load_family_scorer(directory: Path, manifest: dict, config: dict, *, batch_size: int = 64, device: str = "cpu",
+                       embedding_cache_dir: str | None = None) -> FamilyScorer:
+    """RouteLLM matrix factorisation: quality = δ(m, q) per model; pair score = P(strong beats weak | q)
+    = σ(δ(strong, q) − δ(weak, q)), RouteLLM's router score."""
+    models = tuple(config["model_pool"])
+    if int(config["num_models"]) != len(models):
+        raise CheckpointError(f"{directory / 'config.json'}: num_models {config['num_models']} but {len(models)} "
+                              f"models in the pool: another model pool; re-export.")
+    model = MFModel(int(config["num_models"]), int(config["prompt_embedding_dim"]),
+                    int(config["model_embedding_dim"]), bool(config["use_projection"]))
+    try:
+        model.load_state_dict(load_weights(directory))
+    except RuntimeError as err:
+        raise CheckpointError(f"{directory / WEIGHTS_FILE}: weights do not fit config.json "
+                              f"({str(err).splitlines()[0]}); re-export.") from None
+    model.eval().to(device)
+    embed, encoder_id = build_prompt_embedder(manifest["encoder"], int(config["prompt_embedding_dim"]),
+                                              batch_size=batch_size, device=device,
+                                              embedding_cache_dir=embedding_cache_dir)
+    index = index_of(models)
+
+    def head(embeddings: np.ndarray) -> dict[str, np.ndarray]:
+        with torch.no_grad():
+            delta = model.score_all_models(torch.from_numpy(embeddings).to(device))
+        return {"quality": delta.double().cpu().numpy()}
+
+    def pair_rule(strong: str, weak: str) -> str | None:
+        if strong in index and weak in index:
+            return f"P({strong} beats {weak} | prompt) = sigmoid(delta(strong) - delta(weak)) (RouteLLM MF)"
+        return None
+
+    def pair_score(outputs: dict[str, np.ndarray], strong: str, weak: str) -> np.ndarray:
+        delta = outputs["quality"]
+        return sigmoid(delta[:, index[strong]] - delta[:, index[weak]])
+
+    return FamilyScorer("mf", models, embed, head, pair_rule, pair_score, models, has_quality=True,
+                        has_cost=False, encoder_id=encoder_id)

@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from routerforge.errors import CheckpointError, ConfigError
+from routerforge.models.family_scorer import FamilyScorer
 
 PROBE_KINDS = ("linear", "mlp")
 ROUTER_TYPE = "probe"
@@ -307,3 +308,32 @@ def load_probe_router(export_dir: str | Path) -> ProbeRouter:
         raise CheckpointError(f"{export_dir / WEIGHTS_FILE} does not match its config.json: "
                               f"{str(exc).splitlines()[0]}") from None
     return ProbeRouter(export_dir, config, manifest, probe)
+
+
+# ---------------------------------------------------------------------------------------------------- loading
+def load_family_scorer(directory: Path, manifest: dict, config: dict, *, batch_size: int = 64, device: str = "cpu",
+                       embedding_cache_dir: str | None = None) -> FamilyScorer:
+    """A hidden-state probe (training/train_probe.py): pair-free score 1 − P(the weak model answers correctly).
+
+    The encoder is the LM the probe reads (its layer and pooling, routerforge.models.probe.ProbeRouter, which
+    refuses another LM revision); the head is the probe with its temperature. The probe was trained for one
+    weak model; used for another pair it is a stand-in, like any pair-free score.
+    """
+
+    try:
+        probe = load_probe_router(directory)
+    except (OSError, ValueError, RuntimeError) as err:
+        raise CheckpointError(f"{directory}: the probe router does not load ({str(err).splitlines()[0]}); "
+                              f"re-export.") from None
+    lm = config.get("lm") or {}
+    rule = (f"1 - P({probe.weak_model} answers correctly), probe on {lm.get('id')} layer {probe.layer} "
+            f"({probe.pooling} pooling), temperature {probe.temperature:.3g}")
+
+    def head(features: np.ndarray) -> dict[str, np.ndarray]:
+        p_correct = probe.p_correct_from_features(features)
+        return {"p_correct": p_correct, "escalate": 1.0 - p_correct}
+
+    return FamilyScorer("probe", (), probe.features, head, pair_rule=lambda strong, weak: None,
+                        pair_score=lambda outputs, strong, weak: outputs["escalate"], pair_models=(),
+                        has_quality=False, has_cost=False, pair_free="escalate", pair_free_rule=rule,
+                        encoder_id=str(lm.get("id")))

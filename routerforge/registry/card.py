@@ -15,20 +15,9 @@ from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCardData
 
+from routerforge.registry.families import card_text
 from routerforge.registry.load import HUB_ID_RE
 
-FAMILY_TEXT = {
-    "mf": ("RouteLLM matrix-factorization router (Ong et al. 2024, arXiv 2406.18665): a bilinear score of each "
-           "model on the prompt's embedding, trained on pairwise preferences."),
-    "cluster": ("UniRoute cluster router (Jitkrittum et al. 2025, arXiv 2502.08773): k-means clusters of prompt "
-                "embeddings and a per-cluster quality/cost table per model."),
-    "knn": ("kNN router: each model's expected score on a prompt is the (shrunk) mean of its scores on the k most "
-            "similar training prompts (cosine over prompt embeddings); k chosen on validation."),
-    "linear": ("Linear router: one logistic-regression head per model on the frozen prompt embedding, "
-               "P(model answers well); L2 strength chosen by cross-validation."),
-    "difficulty": ("BEST-Route-style multi-head router (Ding et al. 2025, arXiv 2506.22716) on a transformer "
-                   "encoder: candidate-match, difficulty and win-probability heads."),
-}
 _MAX_DATA_ROWS = 20
 # The license the card declares unless the manifest names one (`license`, a Hub license id): the code's own.
 DEFAULT_LICENSE = "apache-2.0"
@@ -103,7 +92,7 @@ def render_card(manifest: dict, calibration: dict) -> str:
     router_type = manifest.get("router_type", "?")
     git = manifest.get("git") or {}
     lines = ["---", card_data(manifest).to_yaml(), "---", "",
-             f"# {name} {version}", "", FAMILY_TEXT.get(router_type, f"A `{router_type}` router."), "",
+             f"# {name} {version}", "", card_text(router_type), "",
              f"- recipe: `{manifest.get('recipe')}`; created {manifest.get('created_at', '?')}",
              f"- code: git {git.get('sha') or 'unknown'}{' (uncommitted changes)' if git.get('dirty') else ''}",
              f"- libraries: {', '.join(f'{k} {v}' for k, v in (manifest.get('libraries') or {}).items() if v)}", "",

@@ -33,7 +33,6 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from routerforge.errors import CheckpointError, DataError
-from routerforge.eval.calibrate import CALIBRATION_FILE, empty_calibration, read_calibration
 from routerforge.eval.report import (
     EVAL_DIR,
     SET_NAME_RE,
@@ -42,6 +41,7 @@ from routerforge.eval.report import (
     render_plot,
     summary_json,
 )
+from routerforge.eval.thresholds import CALIBRATION_FILE, empty_calibration, read_calibration
 from routerforge.registry.card import render_card
 from routerforge.registry.load import sha256_file, verify_checkpoint
 from routerforge.registry.versions import (
@@ -180,8 +180,8 @@ def finalize_export(export_dir: str | Path, registry_root: str | Path = "checkpo
         atomic_write_bytes(tmp / MANIFEST_FILE, _json_bytes(new))
 
         if eval_outcomes or calibration_prompts:
-            from routerforge.eval.calibrate import calibrate_router
             from routerforge.eval.report import evaluate_router
+            from routerforge.eval.thresholds import calibrate_router
             from routerforge.router import Router
 
             router = Router.from_pretrained(tmp, embedding_cache_dir=embedding_cache_dir)
@@ -223,7 +223,7 @@ def hub_dataset_ids(data: Mapping) -> list[str]:
 
 def write_calibration(directory: str | Path, entry: dict) -> dict:
     """Merge a calibration entry into a checkpoint's calibration.json (update_checkpoint); return the manifest."""
-    from routerforge.eval.calibrate import merge_calibration
+    from routerforge.eval.thresholds import merge_calibration
 
     directory = Path(directory)
     manifest, _ = verify_checkpoint(directory)

@@ -15,7 +15,7 @@ file and the cause:
    the same prompt-embedding width as the manifest's encoder (else: "another encoder").
 
 The encoder itself (id, revision, settings) is checked when the router is built, against the encoder
-this machine resolves (routerforge/registry/families.py).
+this machine resolves (routerforge/models/family_scorer.py).
 """
 
 from __future__ import annotations

@@ -34,7 +34,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from routerforge.errors import ConfigError
-from routerforge.router import BinaryScore, Router
+from routerforge.router import Router, ScoreSpec
 from routerforge.serve.batcher import MicroBatcher
 from routerforge.serve.config import PresetConfig, ServeConfig, secret_from_env
 from routerforge.serve.metrics import ServeMetrics
@@ -58,7 +58,7 @@ THRESHOLD_HEADER = "x-router-threshold"
 @dataclass
 class ServeState:
     router: Router
-    spec: BinaryScore
+    spec: ScoreSpec
     config: ServeConfig
     rules: dict[str, Rule]
     metrics: ServeMetrics

@@ -2,7 +2,7 @@
 
 A preset is a calibrated strong share (its threshold and tie fraction come from the checkpoint's
 calibration.json, so the share of *your* traffic sent to the strong model is the one calibrated: see
-routerforge/eval/calibrate.py) or a raw threshold (strong iff score >= threshold, as `Router.route(threshold=)`).
+routerforge/eval/thresholds.py) or a raw threshold (strong iff score >= threshold, as `Router.route(threshold=)`).
 All presets share one score per request, so concurrent requests of different presets batch together.
 """
 
@@ -13,8 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from routerforge.errors import ConfigError
-from routerforge.eval.calibrate import TIE_TOLERANCE, find_calibration, strong_mask, threshold_row
-from routerforge.router import BinaryScore, Router
+from routerforge.eval.thresholds import TIE_TOLERANCE, find_calibration, strong_mask, threshold_row
+from routerforge.router import Router, ScoreSpec
 from routerforge.serve.config import PresetConfig, ServeConfig
 
 MODEL_PREFIX = "router"
@@ -46,20 +46,20 @@ def raw_threshold_rule(threshold: float, name: str = "header") -> Rule:
     return Rule(name, float(threshold), None, None)
 
 
-def binary_pair(router: Router, config: ServeConfig) -> BinaryScore:
+def binary_pair(router: Router, config: ServeConfig) -> ScoreSpec:
     """The (strong, weak) pair the proxy routes between: serve.yaml's names, or the checkpoint's calibrated pair."""
     strong, weak = config.strong.model or None, config.weak.model or None
     if (strong is None) != (weak is None):
         raise ConfigError("serve config: set both strong.model and weak.model (the router's names), or neither to "
                           "use the checkpoint's calibrated pair.")
-    spec = router.binary_score(strong, weak)
+    spec = router.score_spec(strong, weak)
     if spec.strong is None or spec.weak is None:
         raise ConfigError(f"{router.path}: set strong.model and weak.model in the serve config; the checkpoint has "
                           f"no single calibrated pair to take them from.")
     return spec
 
 
-def resolve_rules(router: Router, spec: BinaryScore, presets: Mapping[str, PresetConfig]) -> dict[str, Rule]:
+def resolve_rules(router: Router, spec: ScoreSpec, presets: Mapping[str, PresetConfig]) -> dict[str, Rule]:
     """Every preset as a Rule; a strong share that is not calibrated in the checkpoint is a ConfigError now,
     at startup, not a failed request later."""
     rules: dict[str, Rule] = {}

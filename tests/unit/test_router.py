@@ -117,11 +117,11 @@ def test_pairs_the_router_never_saw(registry, probe):
 
     # The difficulty head is pair-free: any pair is scored by the predicted difficulty, no mapping needed.
     difficulty = Router.from_pretrained(registry / "difficulty")
-    spec = difficulty.binary_score("gpt-4o", "llama-3-8b")
+    spec = difficulty.score_spec("gpt-4o", "llama-3-8b")
     assert spec.kind == "pair_free"
     np.testing.assert_allclose(difficulty.score(probe, "gpt-4o", "llama-3-8b"), difficulty.predict(probe)["difficulty"])
     # ...while its own (reference, candidate) pair uses the BEST-Route candidate head: 1 − P(weak matches).
-    assert difficulty.binary_score(rr.STRONG, rr.WEAK).kind == "pair"
+    assert difficulty.score_spec(rr.STRONG, rr.WEAK).kind == "pair"
     outputs = difficulty.predict(probe)
     np.testing.assert_allclose(difficulty.score(probe, rr.STRONG, rr.WEAK), 1 - outputs["quality"][:, 1])
 
@@ -145,7 +145,7 @@ def test_probe_router_is_a_pair_free_router(base, probe, tmp_path):
     validate_checkpoint(version_dir)
     router = Router.from_pretrained(version_dir)
     assert router.router_type == "probe" and router.models == ()
-    spec = router.binary_score("gpt-4o", "llama-3-8b")
+    spec = router.score_spec("gpt-4o", "llama-3-8b")
     assert spec.kind == "pair_free" and "answers correctly" in spec.rule
     expected = load_probe_router(version_dir).score(probe[:6])  # the probe module's own API
     np.testing.assert_allclose(router.score(probe[:6], "gpt-4o", "llama-3-8b"), expected, atol=1e-6)

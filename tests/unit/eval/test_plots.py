@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from routerforge.eval.binary import binary_report
-from routerforge.eval.calibration import calibration_report
 from routerforge.eval.multi import multi_report
 from routerforge.eval.plots import plot_quality_cost, plot_reliability, plot_strong_share_curves
+from routerforge.eval.probability_calibration import calibration_report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -20,14 +20,14 @@ from routerforge.data.config import ConvertConfig, SourceConfig
 from routerforge.data.readers.outcome_tables import read_routellm_csv
 from routerforge.data.report import Ledger
 from routerforge.errors import CheckpointError, DataError
-from routerforge.eval.calibrate import (
+from routerforge.eval.cli import calibrate_main
+from routerforge.eval.thresholds import (
     holdout_mask,
     prompts_fingerprint,
     read_prompts,
     strong_mask,
     threshold_for_share,
 )
-from routerforge.eval.cli import calibrate_main
 from routerforge.registry.export import finalize_export
 from routerforge.registry.publish import validate_checkpoint
 from routerforge.router import Router

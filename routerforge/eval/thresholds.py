@@ -179,7 +179,7 @@ def calibrate_router(router, prompts: Sequence[str], strong_shares: Sequence[flo
         if not 0.0 <= share <= 1.0:
             raise DataError(f"--strong-share {share} is not a fraction in [0, 1] (0.2 = 20% of prompts).")
     prompts = list(prompts)
-    spec = router.binary_score(strong, weak, router_pair)
+    spec = router.score_spec(strong, weak, router_pair)
     if spec.strong is None or spec.weak is None:
         raise DataError("name the strong and weak model (--strong NAME --weak NAME): they are what the calibrated "
                         "router returns.")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from routerforge.errors import DataError
-from routerforge.eval.calibration import (
+from routerforge.eval.probability_calibration import (
     brier_score,
     calibration_report,
     expected_calibration_error,
