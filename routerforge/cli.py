@@ -24,6 +24,10 @@ import sys
 
 from routerforge.errors import RouterForgeError
 
+# The commands import what they run inside their functions (torch, datasets, transformers come with it), so
+# `--help` and every other command start without them: start-up cost, not a hidden cycle
+# (tests/unit/test_import_layering.py checks those imports point down the layers too).
+
 
 def _prep(args: argparse.Namespace) -> int:
     from routerforge.config import load_config

@@ -23,6 +23,8 @@ from pathlib import Path
 
 from routerforge.registry.families import DEMO_DATA, FAMILIES
 
+# run_demo imports the data pipeline inside (start-up cost: it pulls in datasets and the encoders).
+
 DEMO_DATA_CONFIG = Path("configs/data/demo.yaml")
 # Each family's demo steps (routerforge/registry/families.py): the demo sizes of the recipes' default configs.
 TRAINING_STEPS = [step for family in FAMILIES.values() for step in family.demo]

@@ -18,6 +18,10 @@ from pathlib import Path
 
 from routerforge.errors import RouterForgeError
 
+# The commands import what they run inside their functions (torch, datasets, transformers come with it), so
+# `--help` and every other command start without them: start-up cost, not a hidden cycle
+# (tests/unit/test_import_layering.py checks those imports point down the layers too).
+
 
 def fail(err: RouterForgeError) -> int:
     print(f"error: {err}", file=sys.stderr)

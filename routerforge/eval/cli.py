@@ -22,6 +22,10 @@ from routerforge.config import doc
 from routerforge.errors import RouterForgeError
 from routerforge.router_cli import add_loading_args, fail, load_router_from_args
 
+# The commands import what they run inside their functions (torch, datasets, transformers come with it), so
+# `--help` and every other command start without them: start-up cost, not a hidden cycle
+# (tests/unit/test_import_layering.py checks those imports point down the layers too).
+
 
 @dataclass(frozen=True)
 class ModelMappingConfig:
