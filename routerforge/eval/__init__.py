@@ -4,7 +4,9 @@
   APGR, CPT(50%), CPT(80%), AUC, with random / oracle / always-strong / always-weak references.
 * `multi`: multi-model routing with costs (RouterBench, arXiv 2403.12031): cost-weight sweep,
   non-decreasing convex hull, AIQ, quality at fixed budgets, zero-router and oracle references.
-* `calibration`: ECE (equal-width bins), Brier score, reliability-diagram data.
+* `probability_calibration`: ECE (equal-width bins), Brier score, reliability-diagram data.
+* `thresholds`: routing thresholds calibrated on the user's prompts for given strong-call shares
+  (`routerforge calibrate`), and the rule that applies them.
 * `bootstrap`: seeded percentile bootstrap over prompts for any metric function.
 * `outcome_table`: the long outcome table (JSONL / CSV) as a wide prompts x models matrix.
 * `plots`: matplotlib (Agg) PNGs of the curves with their references.
