@@ -209,8 +209,14 @@ def test_models_and_inference_reach_no_training_code():
     assert not offenders, "training code reached from models / inference:\n" + "\n".join(offenders)
 
 
-def test_the_checks_find_what_they_look_for():
+def test_the_checks_find_what_they_look_for(tmp_path):
     """The checks can fail: a planted cycle, a planted chain into training code and upward layers are found."""
+    planted_module = tmp_path / "toy.py"
+    planted_module.write_text("import routerforge.data.records\n\n\ndef f():\n    from routerforge.train.tracking "
+                              "import start_tracking\n    return 'routerforge.router:Router'\n")
+    known = set(all_modules())
+    assert imports_of("routerforge.models.toy", planted_module, known) == [
+        ("routerforge.data.records", 1, False), ("routerforge.train.tracking", 5, True), ("routerforge.router", 6, True)]
     assert layer_of("routerforge.models.mf") == 1 and layer_of("routerforge.train.checkpointing") == 2
     assert layer_of("routerforge.data.config") == 0 and layer_of("routerforge.data.pipeline") == 1
     assert layer_of("routerforge.registry.export") == 4 and layer_of("routerforge.registry.load") == 1
