@@ -203,7 +203,7 @@ def run_ours(inputs: dict, work: Path, seed: int, epochs: int, threads: int, ove
     import torch
 
     from routerforge.models.mf import MFModel
-    from routerforge.train.export import load_export_weights
+    from routerforge.train.final_export import load_export_weights
 
     name = f"bench-s{seed}"
     out_dir = work / "ours"

@@ -164,7 +164,7 @@ def calibrate_main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         from routerforge.eval.calibrate import calibrate_router, read_prompts
-        from routerforge.registry.export import write_calibration
+        from routerforge.registry.register import write_calibration
 
         prompts = read_prompts(args.prompts)
         router = _load_router(args)

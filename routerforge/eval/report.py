@@ -31,7 +31,7 @@ from routerforge.errors import DataError
 from routerforge.eval.binary import BinaryReport, binary_report
 from routerforge.eval.multi import MultiReport, multi_report
 from routerforge.eval.outcome_table import complete_subtable, load_outcome_table, strong_weak_columns
-from routerforge.registry.load import sha256_file
+from routerforge.io.digest import sha256_file
 
 EVAL_DIR = "eval"
 SET_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -235,7 +235,7 @@ def save_evaluation(checkpoint_dir: str | Path, result: EvalResult, set_name: st
     `routerforge publish` compares with the latest published version.
     """
     from routerforge.errors import CheckpointError
-    from routerforge.registry.export import update_checkpoint
+    from routerforge.registry.register import update_checkpoint
 
     if not SET_NAME_RE.match(set_name):
         raise DataError(f"evaluation set name {set_name!r}: use letters, digits, '.', '_' or '-'.")

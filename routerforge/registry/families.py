@@ -40,8 +40,7 @@ from typing import Any
 import numpy as np
 
 from routerforge.errors import CheckpointError
-
-WEIGHTS_FILE = "model.safetensors"
+from routerforge.io.names import WEIGHTS_FILE
 
 
 @dataclass(frozen=True)
@@ -118,7 +117,7 @@ def build_prompt_embedder(block: dict, expected_dim: int, *, batch_size: int, de
 def _load_weights(directory: Path) -> dict:
     """The tensors of model.safetensors: a file that is not safetensors (a pickle renamed, even with its
     manifest sha256 rewritten to match) is refused unread with UnsafeWeightsError, never unpickled."""
-    from routerforge.train.export import load_export_weights
+    from routerforge.train.final_export import load_export_weights
 
     return load_export_weights(directory, WEIGHTS_FILE)
 

@@ -22,7 +22,7 @@ from routerforge.train.data_loading import (
     build_train_loader,
     normalize_position,
 )
-from routerforge.train.export import EXPORT_FILES, export_router
+from routerforge.train.final_export import EXPORT_FILES, export_router
 from routerforge.train.optimization import build_optimizer, lr_multiplier
 from routerforge.train.pair_data import pairs_to_tensors
 from routerforge.train.run_config import OptimConfig, RunConfig, TrackingConfig
