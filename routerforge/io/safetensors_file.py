@@ -27,18 +27,25 @@ def safetensors_problem(path: str | Path) -> str | None:
     size = path.stat().st_size
     with open(path, "rb") as fh:
         prefix = fh.read(8)
-        if prefix.startswith(b"PK\x03\x04"):
-            return "a zip archive (torch.save's format: pickled Python objects)"
-        if prefix[:1] == b"\x80":
-            return "a Python pickle"
         header_len = struct.unpack("<Q", prefix)[0] if len(prefix) == 8 else 0
-        if not 0 < header_len <= min(size - 8, MAX_SAFETENSORS_HEADER_BYTES):
-            return "not safetensors (no valid header)"
-        try:
-            header = json.loads(fh.read(header_len))
-        except (UnicodeDecodeError, ValueError):
-            return "not safetensors (its header is not JSON)"
-    return None if isinstance(header, dict) else "not safetensors (its header is not a JSON object)"
+        header = None
+        if 0 < header_len <= min(size - 8, MAX_SAFETENSORS_HEADER_BYTES):
+            try:
+                header = json.loads(fh.read(header_len))
+            except (UnicodeDecodeError, ValueError):
+                header = ValueError
+    if isinstance(header, dict):
+        return None
+    # Named only once the header check failed: a real header length can start with the byte 0x80 too (384 bytes).
+    if prefix.startswith(b"PK\x03\x04"):
+        return "a zip archive (torch.save's format: pickled Python objects)"
+    if prefix[:1] == b"\x80":
+        return "a Python pickle"
+    if header is None:
+        return "not safetensors (no valid header)"
+    if header is ValueError:
+        return "not safetensors (its header is not JSON)"
+    return "not safetensors (its header is not a JSON object)"
 
 
 def check_safetensors(path: str | Path) -> None:

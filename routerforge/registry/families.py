@@ -141,8 +141,7 @@ def load_mf(directory: Path, manifest: dict, config: dict, *, batch_size: int = 
     if int(config["num_models"]) != len(models):
         raise CheckpointError(f"{directory / 'config.json'}: num_models {config['num_models']} but {len(models)} "
                               f"models in the pool: another model pool; re-export.")
-    model = MFModel(int(config["num_models"]), int(config["prompt_embedding_dim"]),
-                    int(config["model_embedding_dim"]), bool(config["use_projection"]))
+    model = MFModel.from_config(config)
     try:
         model.load_state_dict(_load_weights(directory))
     except RuntimeError as err:

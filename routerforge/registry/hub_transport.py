@@ -59,13 +59,11 @@ def _transport_error_types() -> tuple[type[BaseException], ...]:
     return tuple(types)
 
 
-
 def http_status(exc: BaseException) -> int | None:
     from huggingface_hub.errors import HfHubHTTPError
 
     response = getattr(exc, "response", None) if isinstance(exc, HfHubHTTPError) else None
     return getattr(response, "status_code", None)
-
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -99,7 +97,6 @@ def is_transient(exc: BaseException) -> bool:
     return False
 
 
-
 def describe_error(exc: BaseException, secret: str) -> str:
     """One line about `exc` for an error message, with the token scrubbed in case a server echoed it."""
     status = http_status(exc)
@@ -107,7 +104,6 @@ def describe_error(exc: BaseException, secret: str) -> str:
     line = text.splitlines()[0] if text else ""
     described = f"HTTP {status}: {line}" if status is not None else f"{type(exc).__name__}: {line}"
     return described.replace(secret, "***") if secret else described
-
 
 
 @dataclass
@@ -149,7 +145,6 @@ class Retrier:
         raise AssertionError("unreachable")
 
 
-
 def published_versions(api, repo_id: str) -> dict[tuple[int, int, int], str]:
     """{semver: tag} of the `vMAJOR.MINOR.PATCH` tags on the repo; empty if the repo does not exist yet."""
     from huggingface_hub.errors import RepositoryNotFoundError
@@ -159,7 +154,6 @@ def published_versions(api, repo_id: str) -> dict[tuple[int, int, int], str]:
     except RepositoryNotFoundError:
         return {}
     return {parse_semver(ref.name[1:]): ref.name for ref in refs.tags if VERSION_TAG_RE.match(ref.name)}
-
 
 
 def download_manifest(repo_id: str, tag: str, endpoint: str, token: str) -> dict[str, Any] | None:
@@ -183,7 +177,6 @@ def download_manifest(repo_id: str, tag: str, endpoint: str, token: str) -> dict
     return manifest if isinstance(manifest, dict) else None
 
 
-
 def create_tag(api, repo_id: str, tag: str, commit_sha: str, message: str) -> None:
     from huggingface_hub.errors import HfHubHTTPError
 
@@ -203,7 +196,6 @@ def create_tag(api, repo_id: str, tag: str, commit_sha: str, message: str) -> No
             ) from None
 
 
-
 def download_revision(repo_id: str, tag: str, endpoint: str, token: str) -> tuple[str, dict[str, str]]:
     """Download a tag into a temporary cache; return (commit it resolves to, {path: sha256})."""
     from huggingface_hub import snapshot_download
@@ -221,7 +213,6 @@ def download_revision(repo_id: str, tag: str, endpoint: str, token: str) -> tupl
     return folder.name, hashes
 
 
-
 def verification_problems(
     expected: dict[str, str], downloaded: dict[str, str], tag_commit: str, commit_sha: str
 ) -> list[str]:
@@ -235,7 +226,6 @@ def verification_problems(
     if differ := sorted(p for p in expected if p in downloaded and downloaded[p] != expected[p]):
         problems.append(f"sha256 differs for {', '.join(differ)}")
     return problems
-
 
 
 def upload_checkpoint(api, checkpoint: CheckpointInfo, repo_id: str, branch: str) -> str:
@@ -252,10 +242,8 @@ def upload_checkpoint(api, checkpoint: CheckpointInfo, repo_id: str, branch: str
     return commit.oid
 
 
-
 def published_commit(api, repo_id: str, tag: str) -> str:
     return next(ref.target_commit for ref in api.list_repo_refs(repo_id).tags if ref.name == tag)
-
 
 
 def main_version(api, retrier: Retrier, repo_id: str, endpoint: str, token: str) -> str | None:
@@ -266,7 +254,6 @@ def main_version(api, retrier: Retrier, repo_id: str, endpoint: str, token: str)
         on_failure="Nothing was changed; re-run the same command.",
     )
     return manifest.get("version") if manifest else None
-
 
 
 def update_main(
@@ -286,7 +273,6 @@ def update_main(
             " verified. Re-run the same command to upload main again."
         )
     return main_sha
-
 
 
 def resolve_hub_endpoint(endpoint: str | None) -> str:

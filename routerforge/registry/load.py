@@ -32,6 +32,7 @@ from routerforge.registry.versions import parse_semver, read_manifest, resolve_l
 
 # Present in every Hub snapshot (the Hub adds it), never part of an export.
 IGNORED_NAMES = frozenset({".gitattributes"})
+# Hub repo ids: letters, digits, '-', '_', '.', at most 96 characters each side of the '/'.
 HUB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 REQUIRED_MANIFEST_KEYS = (("router_type", str), ("model_pool", list), ("encoder", dict), ("files", dict))
 

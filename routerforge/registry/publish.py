@@ -92,18 +92,14 @@ from routerforge.registry.hub_transport import (
     upload_checkpoint,
     verification_problems,
 )
+from routerforge.registry.load import HUB_ID_RE
 from routerforge.registry.publish_gate import check_gate, read_gate
 from routerforge.registry.publish_validation import validate_checkpoint
 from routerforge.registry.versions import parse_semver
 
 logger = logging.getLogger(__name__)
 
-# Hub repo names: letters, digits, '-', '_', '.', at most 96 characters each side of the '/'.
-REPO_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
-
-
 BRANCH_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$")
-
 
 
 @dataclass(frozen=True)
@@ -118,7 +114,6 @@ class PublishResult:
     main_commit_sha: str | None = None  # commit `main` holds this version in; None: a newer version is on main
     notes: tuple[str, ...] = ()
     attempts: dict[str, int] = field(default_factory=dict)  # step -> attempts it took (1 = no retry)
-
 
 
 def publish_checkpoint(
@@ -142,7 +137,7 @@ def publish_checkpoint(
     max_retries: retries per Hub step on transient errors (count); backoff_s: first retry delay (seconds), x2 each.
     endpoint: Hub URL; default HF_ENDPOINT, then https://huggingface.co.
     """
-    if not REPO_ID_RE.match(repo_id) or "--" in repo_id or ".." in repo_id:
+    if not HUB_ID_RE.match(repo_id) or "--" in repo_id or ".." in repo_id:
         raise PublishError(
             f"--repo {repo_id!r}: expected ORG/NAME (letters, digits, '-', '_', '.'), e.g. my-org/mf-router."
         )
@@ -269,7 +264,6 @@ def publish_checkpoint(
     )
 
 
-
 def publish_main(argv: Sequence[str] | None = None) -> int:
     """`routerforge publish CHECKPOINT --repo ORG/NAME [--force] [--private] [--branch B]`; returns the exit code.
 
@@ -312,7 +306,6 @@ def publish_main(argv: Sequence[str] | None = None) -> int:
         f" {len(result.verified_files)} files verified by sha256. {result.repo_url}"
     )
     return 0
-
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ from routerforge.errors import CheckpointError, PublishError
 GATE_FORMAT = '{"set": str, "metric": str, "value": float, "higher_is_better": bool}'
 
 
-
 class GateRefusedError(PublishError):
     """The promotion gate refused the checkpoint; `--force` overrides."""
 
@@ -33,7 +32,6 @@ class GateMetric:
     metric: str
     value: float
     higher_is_better: bool
-
 
 
 def read_gate(manifest: dict[str, Any], where: str) -> GateMetric | None:
@@ -57,7 +55,6 @@ def read_gate(manifest: dict[str, Any], where: str) -> GateMetric | None:
     if problems:
         raise CheckpointError(f"{where}: metrics.gate: {'; '.join(problems)}. Expected {GATE_FORMAT}.")
     return GateMetric(gate["set"], gate["metric"], float(value), gate["higher_is_better"])
-
 
 
 def check_gate(

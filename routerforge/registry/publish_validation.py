@@ -33,7 +33,6 @@ TOKENIZER_FILENAMES = frozenset(
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-
 @dataclass(frozen=True)
 class CheckpointInfo:
     """A validated checkpoint: what will be uploaded and the sha256 each file must have on the Hub."""
@@ -46,12 +45,10 @@ class CheckpointInfo:
     gate: GateMetric | None
 
 
-
 def is_publishable_filename(relative_path: str) -> bool:
     """True for safetensors, JSON, markdown, PNG and tokenizer files: the only types ever published."""
     name = relative_path.rsplit("/", 1)[-1]
     return name.endswith(ALLOWED_SUFFIXES) or name in TOKENIZER_FILENAMES
-
 
 
 def check_content(path: Path, relative_path: str) -> None:
@@ -76,7 +73,6 @@ def check_content(path: Path, relative_path: str) -> None:
             path.read_text(encoding="utf-8")
         except UnicodeDecodeError as err:
             raise CheckpointError(f"{path}: markdown is not valid UTF-8 ({err}).") from None
-
 
 
 def validate_checkpoint(checkpoint_dir: str | Path, *, secret: str | None = None) -> CheckpointInfo:

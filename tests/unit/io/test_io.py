@@ -96,6 +96,15 @@ def test_safetensors_problem_names_what_a_file_really_is(tmp_path):
     huge = tmp_path / "huge.safetensors"
     huge.write_bytes((10**9).to_bytes(8, "little") + b"{}")  # header longer than the file
     assert safetensors_problem(huge) == "not safetensors (no valid header)"
+    # A real file whose header length (a multiple of 8) ends in the byte 0x80, as a pickle's first byte does.
+    aligned = tmp_path / "aligned.safetensors"
+    name = "w"
+    while True:
+        save_file({name: np.zeros(1, dtype=np.float32)}, str(aligned))
+        if aligned.read_bytes()[0] == 0x80:
+            break
+        name += "w"
+    assert safetensors_problem(aligned) is None
     not_json = tmp_path / "text.safetensors"
     not_json.write_bytes((4).to_bytes(8, "little") + b"abcd")
     assert safetensors_problem(not_json) == "not safetensors (its header is not JSON)"
