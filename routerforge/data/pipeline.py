@@ -61,7 +61,7 @@ from routerforge.data.similarity import max_cosine, near_duplicate_groups
 from routerforge.data.split import assign_split, in_holdout
 from routerforge.errors import DataError, StrictModeError
 from routerforge.io.digest import sha256_file
-from routerforge.io.names import COMPLETE_MARKER
+from routerforge.io.names import COMPLETE_MARKER, LATEST_FILE
 
 STAGES = ("ingest", "convert", "decontaminate", "split", "embed")
 FEATURES_BY_KIND = {"pairs": PAIR_FEATURES, "outcomes": OUTCOME_FEATURES, "judge_scores": JUDGE_SCORE_FEATURES}
@@ -578,7 +578,7 @@ def run_pipeline(cfg: PrepConfig, *, until: str = "embed", force: bool = False, 
         if run.is_main_process:
             from routerforge.io.atomic import atomic_write_text
 
-            atomic_write_text(run.dataset_root / "LATEST", run.version + "\n")
+            atomic_write_text(run.dataset_root / LATEST_FILE, run.version + "\n")
         return final
     if force and run.work_dir.exists() and run.is_main_process:
         shutil.rmtree(run.work_dir)
