@@ -23,7 +23,8 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(BIN)/python -m routerforge.cli demo
 
-test: setup
+# Lint first (seconds), then the whole suite: what CI runs (.ci/run).
+test: lint
 	$(BIN)/python -m pytest -q
 
 test-fast: setup

@@ -202,8 +202,8 @@ def run_ours(inputs: dict, work: Path, seed: int, epochs: int, threads: int, ove
     import numpy as np
     import torch
 
+    from routerforge.io.safetensors_file import load_export_weights
     from routerforge.models.mf import MFModel
-    from routerforge.train.export import load_export_weights
 
     name = f"bench-s{seed}"
     out_dir = work / "ours"
@@ -220,8 +220,7 @@ def run_ours(inputs: dict, work: Path, seed: int, epochs: int, threads: int, ove
     manifest = json.loads((export_dir / "manifest.json").read_text())
     config = json.loads((export_dir / "config.json").read_text())
     pool = config["model_pool"]
-    model = MFModel(config["num_models"], config["prompt_embedding_dim"], config["model_embedding_dim"],
-                    config["use_projection"])
+    model = MFModel.from_config(config)
     model.load_state_dict(load_export_weights(export_dir))
     model.eval()
     scores = {}

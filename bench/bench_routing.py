@@ -59,7 +59,7 @@ def default_checkpoints(work: Path) -> list[Path]:
         def getbasetemp(self) -> Path:
             return work
 
-    from routerforge.registry.export import finalize_export
+    from routerforge.registry.register import finalize_export
     from tests.fixtures import registry_routers as rr
 
     return [finalize_export(rr.trained_any(work, family, BaseTemp()), work / "registry")
@@ -93,7 +93,7 @@ def timed_calls(router, batches: list[list[str]], route_kwargs: dict) -> dict:
 
 def bench_router(path: Path, prompts: list[str], args) -> dict:
     from routerforge.eval.thresholds import calibrate_router
-    from routerforge.registry.export import write_calibration
+    from routerforge.registry.register import write_calibration
     from routerforge.router import Router
 
     router = Router.from_pretrained(path, batch_size=BATCH)

@@ -42,7 +42,7 @@ SHARE = 0.3
 
 
 def train_checkpoint(work: Path) -> Path:
-    from routerforge.registry.export import finalize_export
+    from routerforge.registry.register import finalize_export
     from tests.fixtures import registry_routers as rr
 
     return finalize_export(rr.trained_export(work, "mf"), work / "registry")
@@ -50,7 +50,7 @@ def train_checkpoint(work: Path) -> Path:
 
 def calibrate(checkpoint: Path, prompts: list[str]) -> None:
     from routerforge.eval.thresholds import calibrate_router
-    from routerforge.registry.export import write_calibration
+    from routerforge.registry.register import write_calibration
     from routerforge.router import Router
     from tests.fixtures import registry_routers as rr
 

@@ -26,3 +26,7 @@ class StrictModeError(DataError):
 
 class CheckpointError(RouterForgeError):
     """A checkpoint is missing, incomplete, tampered with or does not match what is asked of it."""
+
+
+class PublishError(RouterForgeError):
+    """Publishing was refused or failed (version already published, Hub error after retries, ...)."""

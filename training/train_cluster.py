@@ -56,11 +56,11 @@ from routerforge.models.cluster import (
     sample_per_cluster,
     table_stats,
 )
-from routerforge.registry.export import register_run_export
+from routerforge.registry.register import register_run_export
 from routerforge.train.accelerator_setup import seed_for_model_init, world_description
 from routerforge.train.consistency import parameter_digests
 from routerforge.train.entrypoint import run_recipe
-from routerforge.train.export import (
+from routerforge.train.final_export import (
     CONFIG_FILE,
     MANIFEST_FILE,
     build_manifest,

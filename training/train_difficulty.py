@@ -63,7 +63,7 @@ from routerforge.models.difficulty_data import (
     collate_examples,
     outcome_samples,
 )
-from routerforge.registry.export import register_run_export
+from routerforge.registry.register import register_run_export
 from routerforge.train import checkpointing, early_stopping, faults, nan_guard
 from routerforge.train.accelerator_setup import (
     build_accelerator,
@@ -80,7 +80,7 @@ from routerforge.train.data_loading import (
     normalize_position,
 )
 from routerforge.train.entrypoint import run_recipe
-from routerforge.train.export import build_manifest, export_router
+from routerforge.train.final_export import build_manifest, export_router
 from routerforge.train.optimization import build_lr_scheduler, build_optimizer, warmup_steps_for
 from routerforge.train.run_config import (
     RESUME_HELP,

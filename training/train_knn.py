@@ -34,10 +34,10 @@ import torch
 
 from routerforge.config import doc
 from routerforge.models.knn import WEIGHTINGS, KNNRouter, KNNSettings
-from routerforge.registry.export import register_run_export
+from routerforge.registry.register import register_run_export
 from routerforge.train.accelerator_setup import world_description
 from routerforge.train.entrypoint import run_recipe
-from routerforge.train.export import build_manifest, export_router
+from routerforge.train.final_export import build_manifest, export_router
 from routerforge.train.fit_run import start_fit_run
 from routerforge.train.run_config import (
     ExportConfig,

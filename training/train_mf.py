@@ -38,8 +38,9 @@ from routerforge.config import config_to_dict, doc
 from routerforge.data.dataset_io import load_prepared
 from routerforge.data.pair_tensors import TIE_RULES, PairTensors, pairs_to_tensors, prompt_embedding_matrix
 from routerforge.errors import CheckpointError, DataError
+from routerforge.io.safetensors_file import load_export_weights
 from routerforge.models.mf import MFModel, extend_model_pool, freeze_all_but_new_models, new_model_l2_penalty
-from routerforge.registry.export import register_run_export
+from routerforge.registry.register import register_run_export
 from routerforge.train import checkpointing, early_stopping, faults, nan_guard
 from routerforge.train.accelerator_setup import (
     build_accelerator,
@@ -51,7 +52,7 @@ from routerforge.train.accelerator_setup import (
 from routerforge.train.consistency import parameter_digests, refuse_sharded_weights
 from routerforge.train.data_loading import normalize_position
 from routerforge.train.entrypoint import run_recipe
-from routerforge.train.export import CONFIG_FILE, build_manifest, export_router, load_export_weights
+from routerforge.train.final_export import CONFIG_FILE, build_manifest, export_router
 from routerforge.train.optimization import build_lr_scheduler, build_optimizer, warmup_steps_for
 from routerforge.train.run_config import (
     RESUME_HELP,

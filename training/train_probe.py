@@ -52,7 +52,7 @@ from routerforge.eval.uncertainty_baselines import (
     random_confidence,
 )
 from routerforge.models.probe import PROBE_KINDS, ROUTER_TYPE, ProbeBank, fit_temperature, standardization
-from routerforge.registry.export import register_run_export
+from routerforge.registry.register import register_run_export
 from routerforge.train import checkpointing, faults, nan_guard
 from routerforge.train.accelerator_setup import (
     build_accelerator,
@@ -64,7 +64,7 @@ from routerforge.train.accelerator_setup import (
 from routerforge.train.consistency import parameter_digests, refuse_sharded_weights
 from routerforge.train.data_loading import batches_for_epoch, build_train_loader, normalize_position
 from routerforge.train.entrypoint import run_recipe
-from routerforge.train.export import build_manifest, export_router
+from routerforge.train.final_export import build_manifest, export_router
 from routerforge.train.optimization import build_lr_scheduler, build_optimizer, warmup_steps_for
 from routerforge.train.run_config import (
     RESUME_HELP,

@@ -59,7 +59,7 @@ from tqdm.auto import tqdm
 
 from routerforge.config import config_to_dict, doc
 from routerforge.errors import ConfigError, DataError
-from routerforge.registry.export import register_run_export
+from routerforge.registry.register import register_run_export
 from routerforge.rl import ppo_math
 from routerforge.rl.critic import build_value_model
 from routerforge.rl.env import EnvConfig, RoutingEnv
@@ -89,7 +89,7 @@ from routerforge.train.accelerator_setup import (
 )
 from routerforge.train.consistency import parameter_digest, parameter_digests
 from routerforge.train.entrypoint import run_recipe
-from routerforge.train.export import build_manifest, export_router
+from routerforge.train.final_export import build_manifest, export_router
 from routerforge.train.optimization import build_lr_scheduler, build_optimizer
 from routerforge.train.run_config import (
     RESUME_HELP,

@@ -21,10 +21,7 @@ when complete, so an interrupted run never leaves a half-written dataset where a
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,34 +30,12 @@ import numpy as np
 from datasets import DatasetDict, load_from_disk
 
 from routerforge.errors import DataError
+from routerforge.io.atomic import atomic_directory, atomic_write_text
+from routerforge.io.digest import tree_sha256
+from routerforge.io.names import COMPLETE_MARKER, LATEST_FILE, MANIFEST_FILE
 
 SPLITS = ("train", "validation", "test")
 DATA_FORMAT_VERSION = 1
-COMPLETE_MARKER = "COMPLETE"
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def tree_sha256(root: Path, exclude: tuple[str, ...] = ("manifest.json", COMPLETE_MARKER)) -> dict[str, str]:
-    """sha256 of every file below `root` (relative POSIX path -> hex digest), sorted by path."""
-    out = {}
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        rel = path.relative_to(root).as_posix()
-        if rel not in exclude:
-            out[rel] = sha256_file(path)
-    return out
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def write_dataset_dir(dataset_root: Path, version: str, fill: Callable[[Path], dict]) -> Path:
@@ -73,26 +48,12 @@ def write_dataset_dir(dataset_root: Path, version: str, fill: Callable[[Path], d
     """
     dataset_root.mkdir(parents=True, exist_ok=True)
     final = dataset_root / version
-    tmp = dataset_root / f".tmp-{version}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    try:
+    with atomic_directory(final) as tmp:
         manifest = fill(tmp)
         manifest["files"] = tree_sha256(tmp)
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True), encoding="utf-8")
+        (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True), encoding="utf-8")
         (tmp / COMPLETE_MARKER).write_text("ok\n", encoding="utf-8")
-        if final.exists():
-            old = dataset_root / f".old-{version}-{os.getpid()}"
-            os.rename(final, old)
-            os.rename(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    atomic_write_text(dataset_root / "LATEST", version + "\n")
+    atomic_write_text(dataset_root / LATEST_FILE, version + "\n")
     return final
 
 
@@ -101,7 +62,7 @@ def resolve_version_dir(path: str | Path) -> Path:
     path = Path(path)
     if (path / COMPLETE_MARKER).is_file():
         return path
-    latest = path / "LATEST"
+    latest = path / LATEST_FILE
     if latest.is_file():
         version_dir = path / latest.read_text(encoding="utf-8").strip()
         if (version_dir / COMPLETE_MARKER).is_file():
@@ -161,7 +122,7 @@ class PreparedDataset:
 
 def load_prepared(path: str | Path) -> PreparedDataset:
     version_dir = resolve_version_dir(path)
-    manifest = json.loads((version_dir / "manifest.json").read_text(encoding="utf-8"))
+    manifest = json.loads((version_dir / MANIFEST_FILE).read_text(encoding="utf-8"))
     if manifest.get("data_format_version") != DATA_FORMAT_VERSION:
         raise DataError(f"{version_dir}: data format {manifest.get('data_format_version')} but this RouterForge "
                         f"reads format {DATA_FORMAT_VERSION}; re-run data prep.")

@@ -61,6 +61,8 @@ import yaml
 from routerforge.config import config_to_dict, doc, load_config
 from routerforge.data.records import prompt_id_for
 from routerforge.errors import ConfigError, DataError, RouterForgeError
+from routerforge.io.atomic import atomic_write_text
+from routerforge.io.names import COMPLETE_MARKER
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +70,6 @@ FORMAT = "routerforge-hidden-states"
 FORMAT_VERSION = 1
 PLAN_FILE = "plan.json"
 INDEX_FILE = "index.json"
-COMPLETE_MARKER = "COMPLETE"
 POOLINGS = ("last", "prompt_last", "mean")
 LM_KINDS = ("auto", "causal_lm", "encoder")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -590,12 +591,6 @@ def default_output_dir(cfg: HiddenStatesConfig, dataset_dir: Path | None, extrac
     return dataset_dir / "hidden_states" / lm_slug(extractor.source, extractor.revision)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def _shard_metadata(handle) -> dict:
     return json.loads((handle.metadata() or {}).get(_META_KEY, "{}"))
 
@@ -678,7 +673,7 @@ def run_hidden_states(cfg: HiddenStatesConfig, progress: bool = True) -> StageRe
                     raise DataError(f"{out_dir} holds hidden states of other {what} (its {PLAN_FILE} differs); "
                                     f"set features.output_dir to a new directory, or delete {out_dir}.")
         else:
-            _write_atomic(plan_path, json.dumps(plan, indent=1, sort_keys=True) + "\n")
+            atomic_write_text(plan_path, json.dumps(plan, indent=1, sort_keys=True) + "\n")
     state.wait_for_everyone()
     result = StageResult(output_dir=out_dir, shards_total=len(shards), world_size=state.num_processes)
     if (out_dir / COMPLETE_MARKER).is_file():
@@ -713,7 +708,7 @@ def run_hidden_states(cfg: HiddenStatesConfig, progress: bool = True) -> StageRe
 def _write_index(out_dir: Path, plan: dict, extractor: HiddenStateExtractor) -> None:
     from safetensors import safe_open
 
-    from routerforge.data.dataset_io import sha256_file
+    from routerforge.io.digest import sha256_file
 
     files, tensors = {}, {}
     for shard in plan["shards"]:
@@ -728,8 +723,8 @@ def _write_index(out_dir: Path, plan: dict, extractor: HiddenStateExtractor) -> 
     index = {**{k: v for k, v in plan.items() if k not in ("prompt_ids", "groups")}, "lm": extractor.describe(),
              "layers": extractor.layers, "poolings": list(extractor.cfg.poolings),
              "option_tokens": list(extractor.cfg.option_tokens), "tensors": tensors, "files": files}
-    _write_atomic(out_dir / INDEX_FILE, json.dumps(index, indent=1, sort_keys=True) + "\n")
-    _write_atomic(out_dir / COMPLETE_MARKER, "ok\n")
+    atomic_write_text(out_dir / INDEX_FILE, json.dumps(index, indent=1, sort_keys=True) + "\n")
+    atomic_write_text(out_dir / COMPLETE_MARKER, "ok\n")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -782,7 +777,7 @@ def load_hidden_states(path: str | Path, verify: bool = True) -> HiddenStates:
     """Read a complete store (all shards concatenated in plan order); `verify` checks every shard's sha256."""
     from safetensors import safe_open
 
-    from routerforge.data.dataset_io import sha256_file
+    from routerforge.io.digest import sha256_file
 
     path = Path(path)
     if not (path / COMPLETE_MARKER).is_file():

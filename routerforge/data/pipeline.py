@@ -44,13 +44,7 @@ from routerforge.config import config_to_dict, dump_config
 from routerforge.data.clean import clean_records
 from routerforge.data.config import SOURCE_KINDS, PrepConfig, SourceConfig
 from routerforge.data.convert import CONVERTERS, groups_by_prompt
-from routerforge.data.dataset_io import (
-    COMPLETE_MARKER,
-    DATA_FORMAT_VERSION,
-    SPLITS,
-    sha256_file,
-    write_dataset_dir,
-)
+from routerforge.data.dataset_io import DATA_FORMAT_VERSION, SPLITS, write_dataset_dir
 from routerforge.data.hub_source import forget_resolutions, resolve_hub_source
 from routerforge.data.readers import read_source
 from routerforge.data.readers._io import expand_paths, open_bytes
@@ -66,6 +60,8 @@ from routerforge.data.report import Ledger
 from routerforge.data.similarity import max_cosine, near_duplicate_groups
 from routerforge.data.split import assign_split, in_holdout
 from routerforge.errors import DataError, StrictModeError
+from routerforge.io.digest import sha256_file
+from routerforge.io.names import COMPLETE_MARKER, LATEST_FILE
 
 STAGES = ("ingest", "convert", "decontaminate", "split", "embed")
 FEATURES_BY_KIND = {"pairs": PAIR_FEATURES, "outcomes": OUTCOME_FEATURES, "judge_scores": JUDGE_SCORE_FEATURES}
@@ -580,9 +576,9 @@ def run_pipeline(cfg: PrepConfig, *, until: str = "embed", force: bool = False, 
     if until == "embed" and not force and (final / COMPLETE_MARKER).is_file():
         run.log(f"dataset {cfg.name} version {run.version} is up to date: {final}")
         if run.is_main_process:
-            from routerforge.data.dataset_io import atomic_write_text
+            from routerforge.io.atomic import atomic_write_text
 
-            atomic_write_text(run.dataset_root / "LATEST", run.version + "\n")
+            atomic_write_text(run.dataset_root / LATEST_FILE, run.version + "\n")
         return final
     if force and run.work_dir.exists() and run.is_main_process:
         shutil.rmtree(run.work_dir)

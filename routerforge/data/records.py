@@ -27,9 +27,6 @@ from datasets import ClassLabel, Features, Sequence, Value
 WINNER_LABELS = ["model_a", "model_b", "tie", "tie_bothbad"]
 """ClassLabel names for `winner`. Arena's 'tie (bothbad)' is normalised to 'tie_bothbad'."""
 
-PAIR_KINDS = ("arena", "judge", "gold")
-"""Where a pair came from: a human vote, an LLM judge, or benchmark ground truth (outcomes)."""
-
 _PROVENANCE = {
     "source": Value("string"),
     "source_file": Value("string"),

@@ -5,25 +5,20 @@ base URL and the key come only from environment variables (`encoder.api_base_env
 `encoder.api_key_env`), never from config files. The key never appears in a log line or an error
 message: server replies are scrubbed of it before they are shown.
 
-Transient failures (HTTP 429 and 5xx, connection errors, timeouts) are retried a bounded number of
-times with exponential backoff, honouring `Retry-After`; anything else fails at once with one line.
+Transient failures (HTTP 408, 429 and 5xx, connection errors, timeouts) are retried a bounded number of
+times with exponential backoff, honouring `Retry-After` (routerforge/io/http_json.py's `post_json`);
+anything else fails at once with one line.
 """
 
 from __future__ import annotations
 
-import logging
 import os
-import time
 
 import numpy as np
 
 from routerforge.data.config import EncoderConfig
 from routerforge.encoders.base import EncoderError, l2_normalize_rows
-
-logger = logging.getLogger(__name__)
-
-RETRY_STATUS = {429, 500, 502, 503, 504}
-MAX_BACKOFF_S = 30.0
+from routerforge.io.http_json import HTTPStatusError, NotJSONError, RetriesExhaustedError, post_json
 
 
 class OpenAIEmbeddingsEncoder:
@@ -64,49 +59,26 @@ class OpenAIEmbeddingsEncoder:
             self.encode(["dimension probe"])  # the API does not say its width without embedding something
         return int(self._dim)
 
-    def _scrub(self, text: str) -> str:
-        return text.replace(self._key, "***") if self._key else text
-
     def _post(self, texts: list[str]) -> dict:
         import requests
 
         if self._session is None:
             self._session = requests.Session()
-        headers = {"Authorization": f"Bearer {self._key}", "Content-Type": "application/json"}
-        payload = {"model": self._model_name, "input": texts}
-        last_problem = ""
-        for attempt in range(self._max_retries + 1):
-            retry_after = None
-            try:
-                response = self._session.post(self._url, json=payload, headers=headers, timeout=self._timeout_s)
-            except (requests.ConnectionError, requests.Timeout) as exc:
-                last_problem = f"{type(exc).__name__}: {self._scrub(str(exc).splitlines()[0] if str(exc) else '')}"
-            else:
-                if response.status_code == 200:
-                    try:
-                        return response.json()
-                    except ValueError:
-                        raise EncoderError(f"embeddings endpoint {self._url} answered 200 with a body that is not "
-                                           "JSON; check encoder.api_base_env points at an OpenAI-compatible "
-                                           "/v1 base URL.") from None
-                body = self._scrub(response.text[:300].replace("\n", " "))
-                last_problem = f"HTTP {response.status_code}: {body}"
-                if response.status_code not in RETRY_STATUS:
-                    hint = (" Check the key in the environment variable named by encoder.api_key_env."
-                            if response.status_code in (401, 403) else "")
-                    raise EncoderError(f"embeddings endpoint {self._url} refused the request "
-                                       f"({last_problem}).{hint}")
-                retry_after = _retry_after_s(response.headers.get("Retry-After"))
-            if attempt == self._max_retries:
-                break
-            wait_s = min(MAX_BACKOFF_S, self._backoff_s * 2 ** attempt)
-            if retry_after is not None:
-                wait_s = min(MAX_BACKOFF_S, max(wait_s, retry_after))
-            logger.warning("embeddings endpoint %s: %s; retry %d/%d in %.1f s", self._url,
-                           last_problem.split(":")[0], attempt + 1, self._max_retries, wait_s)
-            time.sleep(wait_s)
-        raise EncoderError(f"embeddings endpoint {self._url} failed after {self._max_retries + 1} attempts "
-                           f"(last: {last_problem}); check the server, or retry later.")
+        try:
+            return post_json(self._url, {"model": self._model_name, "input": texts}, token=self._key,
+                             session=self._session, timeout_s=self._timeout_s, max_retries=self._max_retries,
+                             backoff_s=self._backoff_s)
+        except NotJSONError:
+            raise EncoderError(f"embeddings endpoint {self._url} answered 200 with a body that is not "
+                               "JSON; check encoder.api_base_env points at an OpenAI-compatible "
+                               "/v1 base URL.") from None
+        except HTTPStatusError as exc:
+            hint = (" Check the key in the environment variable named by encoder.api_key_env."
+                    if exc.status in (401, 403) else "")
+            raise EncoderError(f"embeddings endpoint {self._url} refused the request ({exc.problem}).{hint}") from None
+        except RetriesExhaustedError as exc:
+            raise EncoderError(f"embeddings endpoint {self._url} failed after {exc.attempts} attempts "
+                               f"(last: {exc.problem}); check the server, or retry later.") from None
 
     def encode(self, texts: list[str]) -> np.ndarray:
         if not texts:
@@ -131,10 +103,3 @@ class OpenAIEmbeddingsEncoder:
         self._dim = int(matrix.shape[1])
         return l2_normalize_rows(matrix) if self._normalize else matrix
 
-
-def _retry_after_s(value: str | None) -> float | None:
-    """Retry-After in seconds (the delta-seconds form; an HTTP date is ignored)."""
-    try:
-        return max(0.0, float(value)) if value is not None else None
-    except ValueError:
-        return None

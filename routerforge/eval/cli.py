@@ -91,7 +91,7 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
             render_plot,
             summary_json,
         )
-        from routerforge.registry.export import save_evaluation
+        from routerforge.registry.register import save_evaluation
 
         if args.n_bootstrap < 0 or not 0 < args.confidence < 1:
             raise ConfigError("--n-bootstrap must be >= 0 and --confidence in (0, 1).")
@@ -145,7 +145,7 @@ def calibrate_main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         from routerforge.eval.thresholds import calibrate_router, read_prompts
-        from routerforge.registry.export import write_calibration
+        from routerforge.registry.register import write_calibration
 
         prompts = read_prompts(args.prompts)
         router = load_router_from_args(args)

@@ -30,7 +30,7 @@ from routerforge.errors import DataError
 from routerforge.eval.binary import BinaryReport, binary_report
 from routerforge.eval.multi import MultiReport, multi_report
 from routerforge.eval.outcome_table import complete_subtable, load_outcome_table, strong_weak_columns
-from routerforge.registry.load import sha256_file
+from routerforge.io.digest import sha256_file
 
 EVAL_DIR = "eval"
 SET_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")

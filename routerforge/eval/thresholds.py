@@ -47,7 +47,7 @@ from pathlib import Path
 import numpy as np
 
 from routerforge.errors import CheckpointError, DataError
-from routerforge.registry.load import sha256_file
+from routerforge.io.digest import sha256_file
 
 CALIBRATION_FILE = "calibration.json"
 CALIBRATION_FORMAT_VERSION = 1

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from routerforge.errors import DataError
-from routerforge.eval.binary import SHARE_GRID, binary_report, quality_at_share
+from routerforge.eval.binary import binary_report, quality_at_share
 from routerforge.eval.bootstrap import bootstrap_metrics
 from routerforge.eval.probability_calibration import DEFAULT_N_BINS, brier_score, expected_calibration_error
 
@@ -153,11 +153,3 @@ def estimator_report(confidence: np.ndarray, correct: np.ndarray, weak_scores: n
                   "accuracy": quality_at_share(routing.router_curve, CURVE_SHARES).tolist()},
     }
     return out
-
-
-def routing_curve_on_grid(confidence: np.ndarray, weak_scores: np.ndarray, strong_scores: np.ndarray | None
-                          ) -> np.ndarray:
-    """Routed accuracy at `SHARE_GRID` (101 shares) when the lowest-confidence prompts are escalated first."""
-    strong = np.ones(len(weak_scores)) if strong_scores is None else strong_scores
-    report = binary_report(-np.asarray(confidence, dtype=np.float64), weak_scores, strong, n_bootstrap=0)
-    return quality_at_share(report.router_curve, SHARE_GRID)

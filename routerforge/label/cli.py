@@ -13,6 +13,7 @@ import json
 import sys
 
 from routerforge.errors import RouterForgeError
+from routerforge.io.names import MANIFEST_FILE
 
 DESCRIPTION = ("Answer a prompts file with every candidate model and label the answers with an LLM judge "
                "(single grade, pairwise, or reference match), writing a versioned label set that "
@@ -41,7 +42,7 @@ def label_main(argv: list[str]) -> int:
     except RouterForgeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
-    manifest = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
+    manifest = json.loads((path / MANIFEST_FILE).read_text(encoding="utf-8"))
     counts = manifest["counts"]
     print(f"label set {manifest['name']} {manifest['version']} ({manifest['mode']}, "
           f"{manifest['template_version']}): {counts['outcomes']} outcomes, {counts['judge_rows']} judge rows, "

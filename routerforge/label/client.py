@@ -1,7 +1,8 @@
 """One retrying client per endpoint: OpenAI-compatible chat completions over httpx, or a local
 `transformers` causal LM, behind the same `chat(messages) -> Reply` coroutine.
 
-OpenAI-compatible (`kind: openai`; OpenAI, vLLM's `vllm serve`, llama.cpp server, ...):
+OpenAI-compatible (`kind: openai`; OpenAI, vLLM's `vllm serve`, llama.cpp server, ...), with the retry
+policy of routerforge/io/http_json.py (asynchronous here, one coroutine per call):
 POST {base}/chat/completions with the base URL and key read from the environment variables the
 config names. At most `max_concurrency` requests in flight; timeouts, connection errors, 429 and 5xx
 are retried up to `max_retries` times with exponential backoff (`backoff_s` x 2^attempt, capped at
@@ -22,15 +23,14 @@ import asyncio
 import logging
 import os
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
 
 from routerforge.errors import RouterForgeError
+from routerforge.io.http_json import RETRY_STATUS, backoff_wait_s, retry_after_s, scrub
 from routerforge.label.config import EndpointConfig
 from routerforge.models.chat_generation import generate_chat_reply
 
 logger = logging.getLogger(__name__)
 
-RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 FATAL_STATUS = frozenset({401, 403, 404})
 MAX_BACKOFF_S = 60.0
 
@@ -52,22 +52,6 @@ class Reply:
     text: str
     input_tokens: int
     output_tokens: int
-
-
-def retry_after_s(value: str | None) -> float | None:
-    """Retry-After as seconds: delta-seconds, or an HTTP date (RFC 9110 allows both)."""
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        import time
-
-        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
-    except (TypeError, ValueError):
-        return None
 
 
 def _estimate_tokens(text: str) -> int:
@@ -99,9 +83,6 @@ class OpenAIEndpoint:
                                          limits=httpx.Limits(max_connections=cfg.max_concurrency))
         self.retries = 0
 
-    def _scrub(self, text: str) -> str:
-        return text.replace(self._key, "***")
-
     async def _post_once(self, payload: dict) -> tuple[dict | None, str, float | None]:
         """(reply, problem, retry_after): reply on 200; otherwise why, and the server's Retry-After."""
         import httpx
@@ -111,14 +92,15 @@ class OpenAIEndpoint:
             try:
                 response = await self._client.post(self._url, json=payload, headers=headers)
             except (httpx.TimeoutException, httpx.TransportError) as exc:
-                return None, f"{type(exc).__name__}: {self._scrub(str(exc)[:200])}", None
+                return None, f"{type(exc).__name__}: {scrub(str(exc)[:200], self._key)}", None
         if response.status_code == 200:
             try:
                 return response.json(), "", None
             except ValueError:
                 raise EndpointError(f"endpoint '{self.cfg.name}' ({self._url}) answered 200 with a body that is "
-                                    f"not JSON; point {self.cfg.base_url_env} at an OpenAI-compatible /v1 URL.") from None
-        body = self._scrub(response.text[:300].replace("\n", " "))
+                                    f"not JSON; point {self.cfg.base_url_env} at an OpenAI-compatible /v1 "
+                                    "URL.") from None
+        body = scrub(response.text[:300].replace("\n", " "), self._key)
         problem = f"HTTP {response.status_code}: {body}"
         if response.status_code in FATAL_STATUS:
             hint = {401: f"check the key in {self.cfg.api_key_env}", 403: f"check the key in {self.cfg.api_key_env}",
@@ -138,9 +120,7 @@ class OpenAIEndpoint:
                 return self._parse(reply, messages)
             if attempt == self.cfg.max_retries:
                 break
-            wait_s = min(MAX_BACKOFF_S, self.cfg.backoff_s * 2 ** attempt)
-            if retry_after is not None:
-                wait_s = max(wait_s, min(retry_after, MAX_BACKOFF_S))
+            wait_s = backoff_wait_s(attempt, self.cfg.backoff_s, retry_after, MAX_BACKOFF_S)
             self.retries += 1
             logger.info("endpoint %s: %s; retry %d/%d in %.2f s", self.cfg.name, problem.split(":")[0],
                         attempt + 1, self.cfg.max_retries, wait_s)

@@ -23,9 +23,9 @@ import sys
 import time
 from pathlib import Path
 
-from routerforge.data.dataset_io import sha256_file
 from routerforge.data.report import Ledger
 from routerforge.errors import RouterForgeError
+from routerforge.io.digest import sha256_file
 from routerforge.label import templates
 from routerforge.label.cache import CachedReply, CallCache, call_key
 from routerforge.label.client import CallFailed, open_endpoint

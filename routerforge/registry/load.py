@@ -20,29 +20,21 @@ this machine resolves (routerforge/models/family_scorer.py).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
 from pathlib import Path
 
 from routerforge.errors import CheckpointError
-from routerforge.registry.versions import MANIFEST_FILE, parse_semver, read_manifest, resolve_local_checkpoint
+from routerforge.io.digest import sha256_file
+from routerforge.io.names import CONFIG_FILE, MANIFEST_FILE
+from routerforge.registry.versions import parse_semver, read_manifest, resolve_local_checkpoint
 
-CONFIG_FILE = "config.json"
 # Present in every Hub snapshot (the Hub adds it), never part of an export.
 IGNORED_NAMES = frozenset({".gitattributes"})
+# Hub repo ids: letters, digits, '-', '_', '.', at most 96 characters each side of the '/'.
 HUB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 REQUIRED_MANIFEST_KEYS = (("router_type", str), ("model_pool", list), ("encoder", dict), ("files", dict))
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB blocks (the same digest data prep and the training export record)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def is_hub_id(path_or_hub_id: str | Path) -> bool:
@@ -89,7 +81,8 @@ def download_checkpoint(repo_id: str, revision: str | None, *, token: str | bool
                               f"local directory of that name.") from None
     except LocalEntryNotFoundError:
         raise CheckpointError(f"{where}: no local directory {repo_id}, not in the local HF cache, and the Hub cannot "
-                              f"be reached (HF_HUB_OFFLINE or no network); pass a local checkpoint directory.") from None
+                              f"be reached (HF_HUB_OFFLINE or no network); pass a local checkpoint "
+                              f"directory.") from None
     except HfHubHTTPError as err:
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise CheckpointError(f"{where}: download failed ({first}).") from None

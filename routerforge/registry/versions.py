@@ -17,15 +17,15 @@ are never versions, because a version directory's name is semver and holds a man
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 
 from routerforge.errors import CheckpointError
+from routerforge.io.atomic import atomic_write_text
+from routerforge.io.names import LATEST_FILE, MANIFEST_FILE
 
-LATEST_FILE = "LATEST"
-MANIFEST_FILE = "manifest.json"
-SEMVER_RE = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)$")
+SEMVER_PATTERN = r"(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)"  # MAJOR.MINOR.PATCH, no leading zeros
+SEMVER_RE = re.compile(rf"^{SEMVER_PATTERN}$")
 ROUTER_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 FIRST_VERSION = "1.0.0"
 
@@ -90,10 +90,7 @@ def read_latest(router_dir: Path) -> str | None:
 def write_latest(router_dir: Path, version: str) -> None:
     """Point LATEST at `version` atomically (temporary file + rename)."""
     parse_semver(version)
-    router_dir = Path(router_dir)
-    tmp = router_dir / f".{LATEST_FILE}.tmp-{os.getpid()}"
-    tmp.write_text(version + "\n", encoding="utf-8")
-    os.replace(tmp, router_dir / LATEST_FILE)
+    atomic_write_text(Path(router_dir) / LATEST_FILE, version + "\n")
 
 
 def resolve_local_checkpoint(path: str | Path) -> Path:

@@ -39,6 +39,7 @@ from pathlib import Path
 
 from routerforge.config import doc
 from routerforge.errors import CheckpointError, ConfigError, RouterForgeError
+from routerforge.io.names import CONFIG_FILE, MANIFEST_FILE
 from routerforge.rl.env import EnvConfig, Rollout, RoutingEnv
 from routerforge.rl.pool_config import PoolConfig
 from routerforge.rl.reward import CostNormalizer, RewardConfig, exact_match, score_trajectory
@@ -46,7 +47,7 @@ from routerforge.rl.tasks import RoutingTask, gsm8k_tasks_from_routellm, split_t
 
 REPORT_FILE = "router_r1_eval.json"
 PLOT_FILE = "router_r1_cost_quality.png"
-EXPORT_FILES = ("config.json", "manifest.json", "pool_config.json", "policy/config.json")
+EXPORT_FILES = (CONFIG_FILE, MANIFEST_FILE, "pool_config.json", "policy/config.json")
 
 
 @dataclass(frozen=True)
@@ -123,8 +124,8 @@ def read_export(export_dir: str | Path) -> RouterR1Export:
         raise CheckpointError(f"'{path}' is not a Router-R1 export: it lacks {', '.join(missing)}; pass the export "
                               "directory of training/train_router_r1.py (it holds policy/ and pool_config.json).")
     try:
-        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
-        manifest = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
+        config = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))
+        manifest = json.loads((path / MANIFEST_FILE).read_text(encoding="utf-8"))
         pool_data = json.loads((path / "pool_config.json").read_text(encoding="utf-8"))
     except ValueError as exc:
         raise CheckpointError(f"'{path}': a JSON file of the export is not valid JSON ({exc}).") from None

@@ -23,8 +23,8 @@ x $/M); the recorded and local forms are ours, for offline training and tests.
   commit the default HF cache cannot tell is keyed ``unresolved:<revision>``: pin a commit sha then).
 * `OpenAIChatPool`: POST {base}/chat/completions; base URL and key only from environment
   variables; a per-request timeout; bounded retries with exponential backoff on timeouts, connection
-  errors, 429 and 5xx (honouring Retry-After); at most `max_concurrency` requests in flight. Token
-  counts from the reply's ``usage``.
+  errors, 408, 429 and 5xx (honouring Retry-After; routerforge/io/http_json.py); at most
+  `max_concurrency` requests in flight. Token counts from the reply's ``usage``.
 """
 
 from __future__ import annotations
@@ -36,7 +36,6 @@ import math
 import os
 import re
 import threading
-import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -46,6 +45,8 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from routerforge.errors import DataError, RouterForgeError
+from routerforge.io.atomic import atomic_write_text
+from routerforge.io.http_json import HTTPStatusError, NotJSONError, RetriesExhaustedError, post_json
 from routerforge.rl.pool_config import (
     HFPoolConfig,
     ModelCard,
@@ -57,8 +58,6 @@ from routerforge.rl.pool_config import (
 
 logger = logging.getLogger(__name__)
 
-RETRY_STATUS = {429, 500, 502, 503, 504}
-MAX_BACKOFF_S = 30.0
 _WHITESPACE_RE = re.compile(r"\s+")
 
 
@@ -193,7 +192,8 @@ def _read_long_table(path: Path, ledger) -> list[RecordedAnswer]:
             continue
         try:
             score = None if row.get("score") in (None, "") else float(row["score"])
-            input_tokens, output_tokens = _optional_count(row.get("input_tokens")), _optional_count(row.get("output_tokens"))
+            input_tokens = _optional_count(row.get("input_tokens"))
+            output_tokens = _optional_count(row.get("output_tokens"))
         except (TypeError, ValueError) as exc:
             ledger.bad("recorded_pool", str(path), line_no, "wrong_type", str(exc))
             continue
@@ -329,10 +329,7 @@ class RecordedPool:
 
 
 def _atomic_write_json(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    tmp.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data, ensure_ascii=False))
 
 
 class HFCausalLMPool:
@@ -440,14 +437,6 @@ class HFCausalLMPool:
 # OpenAI-compatible chat endpoint
 
 
-def _retry_after_s(value: str | None) -> float | None:
-    """Retry-After in seconds (delta-seconds form; an HTTP date is ignored)."""
-    try:
-        return max(0.0, float(value)) if value is not None else None
-    except ValueError:
-        return None
-
-
 class OpenAIChatPool:
     """An OpenAI-compatible /chat/completions endpoint; see the module docstring."""
 
@@ -473,9 +462,6 @@ class OpenAIChatPool:
         self._local = threading.local()
         self.failed_calls = 0
 
-    def _scrub(self, text: str) -> str:
-        return text.replace(self._key, "***")
-
     def _session(self):
         import requests
 
@@ -484,42 +470,20 @@ class OpenAIChatPool:
         return self._local.session
 
     def _post(self, payload: dict) -> dict:
-        """POST with bounded retries; returns the JSON reply; PoolError when it keeps failing."""
-        import requests
-
-        headers = {"Authorization": f"Bearer {self._key}", "Content-Type": "application/json"}
-        last_problem = ""
-        for attempt in range(self.cfg.max_retries + 1):
-            retry_after = None
-            try:
-                with self._in_flight:
-                    response = self._session().post(self._url, json=payload, headers=headers,
-                                                    timeout=self.cfg.timeout_s)
-            except (requests.ConnectionError, requests.Timeout) as exc:
-                last_problem = f"{type(exc).__name__}: {self._scrub(str(exc).splitlines()[0] if str(exc) else '')}"
-            else:
-                if response.status_code == 200:
-                    try:
-                        return response.json()
-                    except ValueError:
-                        raise PoolError(f"chat endpoint {self._url} answered 200 with a body that is not JSON; "
-                                        "check pool.openai.base_url_env points at an OpenAI-compatible /v1 URL.") from None
-                body = self._scrub(response.text[:300].replace("\n", " "))
-                last_problem = f"HTTP {response.status_code}: {body}"
-                if response.status_code not in RETRY_STATUS:
-                    hint = " Check the key in pool.openai.api_key_env." if response.status_code in (401, 403) else ""
-                    raise PoolError(f"chat endpoint {self._url} refused the request ({last_problem}).{hint}")
-                retry_after = _retry_after_s(response.headers.get("Retry-After"))
-            if attempt == self.cfg.max_retries:
-                break
-            wait_s = min(MAX_BACKOFF_S, self.cfg.backoff_s * 2 ** attempt)
-            if retry_after is not None:
-                wait_s = min(MAX_BACKOFF_S, max(wait_s, retry_after))
-            logger.warning("chat endpoint %s: %s; retry %d/%d in %.2f s", self._url, last_problem.split(":")[0],
-                           attempt + 1, self.cfg.max_retries, wait_s)
-            time.sleep(wait_s)
-        raise PoolCallFailed(f"chat endpoint {self._url} failed after {self.cfg.max_retries + 1} attempts "
-                        f"(last: {last_problem}); check the server, or retry later.")
+        """POST with bounded retries (routerforge/io/http_json.py); the JSON reply; PoolError when it keeps failing."""
+        try:
+            return post_json(self._url, payload, token=self._key, session=self._session(),
+                             timeout_s=self.cfg.timeout_s, max_retries=self.cfg.max_retries,
+                             backoff_s=self.cfg.backoff_s, slot=self._in_flight)
+        except NotJSONError:
+            raise PoolError(f"chat endpoint {self._url} answered 200 with a body that is not JSON; "
+                            "check pool.openai.base_url_env points at an OpenAI-compatible /v1 URL.") from None
+        except HTTPStatusError as exc:
+            hint = " Check the key in pool.openai.api_key_env." if exc.status in (401, 403) else ""
+            raise PoolError(f"chat endpoint {self._url} refused the request ({exc.problem}).{hint}") from None
+        except RetriesExhaustedError as exc:
+            raise PoolCallFailed(f"chat endpoint {self._url} failed after {exc.attempts} attempts "
+                                 f"(last: {exc.problem}); check the server, or retry later.") from None
 
     def _answer_one(self, call: CandidateCall) -> CandidateAnswer:
         card = _card(self.cards, call.model)

@@ -184,11 +184,6 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     return torch.logsumexp(logits, dim=-1) - (probs * logits).sum(dim=-1)
 
 
-def masked_entropy(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean entropy over policy tokens (the entropy bonus is `- entropy_coef * masked_entropy`)."""
-    return masked_mean(entropy_from_logits(logits), mask)
-
-
 def log_probs_from_logits(logits: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
     """log p(token_ids) under `logits`: [batch, time, vocab] and [batch, time] -> [batch, time].
 

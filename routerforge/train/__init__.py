@@ -68,7 +68,7 @@ owns its loop; this package owns the parts that must behave the same in every re
    build_manifest(...))` and print where the export and the tracking run went.
    Wrap the script's entry point with `run_recipe(main)` (user errors -> one line, exit 2).
 
-Loading an export's weights (init from a trained router, inference): `export.load_export_weights(dir)` -
+Loading an export's weights (init from a trained router, inference): `final_export.load_export_weights(dir)` -
 safetensors only (a pickle is refused unread, `UnsafeWeightsError`) and checked against manifest.json.
 
 Recipes fitted in one pass (no optimizer loop: training/train_cluster.py, train_knn.py, train_linear.py):

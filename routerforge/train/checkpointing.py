@@ -9,7 +9,8 @@ Layout of one run directory (`<output_dir>/<router>/<run.name>/`)::
     .tmp-step-000600/      a save in progress (or one killed mid-save): never resumed from
 
 A save writes everything into `.tmp-step-N/`, then `trainer_state.json`, then `COMPLETE` (which records
-the sha256 of every other file of the checkpoint), and only then renames the directory to `step-N/`. Resume considers only `step-N/` directories that hold
+the sha256 of every other file of the checkpoint), and only then renames the directory to `step-N/`.
+Resume considers only `step-N/` directories that hold
 `COMPLETE`, so a process killed at any moment of a save leaves, at worst, a `.tmp-*` directory that
 resume ignores and the next save removes. Pruning removes a checkpoint's COMPLETE marker before its
 files, for the same reason.
@@ -29,12 +30,11 @@ Trust: accelerate writes the optimizer, scheduler and RNG states as pickles (`to
 back with `torch.load` (accelerate 1.15: `weights_only=True` plus an allowlist of numpy types; older
 versions and custom checkpointed objects: full unpickling). Step checkpoints are therefore trusted input,
 written by this code for this run: never resume from a checkpoint directory you did not produce. What
-leaves a run (the export, the published router) is safetensors + JSON only (routerforge/train/export.py).
+leaves a run (the export, the published router) is safetensors + JSON only (routerforge/train/final_export.py).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -49,15 +49,15 @@ from accelerate.utils import RNG_STATE_NAME, broadcast_object_list
 from accelerate.utils import load as accelerate_load
 
 from routerforge.errors import CheckpointError
+from routerforge.io.digest import sha256_file
+from routerforge.io.names import COMPLETE_MARKER
 from routerforge.train import faults
 
-COMPLETE_MARKER = "COMPLETE"
 TRAINER_STATE_FILE = "trainer_state.json"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 TMP_PREFIX = ".tmp-"
 COMPLETE_FORMAT = 1
 LEGACY_COMPLETE_TEXT = "ok"  # the marker's whole content before it recorded digests
-_HASH_CHUNK_BYTES = 1 << 20
 
 
 class CorruptCheckpointError(CheckpointError):
@@ -93,7 +93,8 @@ class TrainerState:
         try:
             return cls(**json.loads(path.read_text(encoding="utf-8")))
         except (OSError, ValueError, TypeError) as exc:
-            raise CheckpointError(f"{path}: unreadable trainer state ({exc}); resume from another checkpoint.") from None
+            raise CheckpointError(f"{path}: unreadable trainer state ({exc}); resume from another "
+                                  f"checkpoint.") from None
 
 
 def step_dir_name(optimizer_step: int) -> str:
@@ -161,18 +162,10 @@ def _write_then_fsync(path: Path, text: str) -> None:
         os.fsync(fh.fileno())
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(_HASH_CHUNK_BYTES):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def checkpoint_file_digests(checkpoint_dir: Path) -> dict[str, str]:
     """{relative path: sha256} of every file of a checkpoint directory except COMPLETE (sub-directories too:
     FSDP/DeepSpeed save sharded states in them)."""
-    return {path.relative_to(checkpoint_dir).as_posix(): _sha256_file(path)
+    return {path.relative_to(checkpoint_dir).as_posix(): sha256_file(path)
             for path in sorted(checkpoint_dir.rglob("*")) if path.is_file() and path.name != COMPLETE_MARKER}
 
 
@@ -195,7 +188,7 @@ def checkpoint_problem(checkpoint_dir: Path) -> str | None:
         path = checkpoint_dir / name
         if not path.is_file():
             return f"{path} is missing from the checkpoint"
-        if _sha256_file(path) != expected:
+        if sha256_file(path) != expected:
             return (f"{path} is corrupt: its sha256 differs from the one recorded when the checkpoint was saved "
                     f"(truncated, overwritten or damaged on disk)")
     return None

@@ -221,7 +221,7 @@ class ExportConfig:
 
     dir: str | None = doc("export directory (path); None: <output_dir>/<router>/<run.name>/final", default=None)
     registry: bool = doc("also register the export as a versioned checkpoint <output_dir>/<router>/<version>/ "
-                         "(model card, calibration.json, LATEST) via routerforge.registry.export.finalize_export",
+                         "(model card, calibration.json, LATEST) via routerforge.registry.register.finalize_export",
                          default=True)
     version: str | None = doc("semver of the registered checkpoint (MAJOR.MINOR.PATCH, must exceed every existing "
                               "one); None: the next minor version (1.0.0 first)", default=None)

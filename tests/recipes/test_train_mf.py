@@ -40,12 +40,7 @@ def tiny_argv(data_dir, out_dir, *extra: str) -> list[str]:
 
 def model_from_export(export_dir) -> MFModel:
     weights, config, _ = read_export(export_dir)
-    model = MFModel(
-        config["num_models"],
-        config["prompt_embedding_dim"],
-        config["model_embedding_dim"],
-        config["use_projection"],
-    )
+    model = MFModel.from_config(config)
     model.load_state_dict(weights)
     return model
 

@@ -137,7 +137,7 @@ def _needles() -> dict[str, bytes]:
 
 @pytest.mark.slow
 def test_tokens_never_appear_in_any_file_written(runs, tmp_path):
-    from routerforge.registry.export import finalize_export
+    from routerforge.registry.register import finalize_export
 
     root, _ = runs
     # The model card: the registry checkpoint made from the run's export (README.md, manifest, calibration).

@@ -22,8 +22,8 @@ import pytest
 import torch
 
 from routerforge.errors import CheckpointError, RouterForgeError
+from routerforge.io.safetensors_file import UnsafeWeightsError, load_export_weights
 from routerforge.train.checkpointing import CorruptCheckpointError
-from routerforge.train.export import UnsafeWeightsError, load_export_weights
 from tests.fixtures.recipe_runner import REPO_ROOT, run_recipe, run_recipe_in_process
 from tests.fixtures.tiny_dataset import build_tiny_dataset
 
@@ -195,22 +195,23 @@ def match_manifest_file(export_dir: Path, rel: str) -> None:
 @pytest.fixture(scope="module")
 def difficulty_export(tmp_path_factory):
     """A hand-made difficulty export (tiny random DeBERTa-v2 + heads) with a manifest of its files' sha256."""
-    from routerforge.data.dataset_io import tree_sha256
     from routerforge.models.difficulty import (
         DifficultyHeads,
         DifficultyRouter,
         HeadSpec,
         load_backbone,
-        save_router,
+        save_backbone_files,
     )
+    from routerforge.train.final_export import export_router
     from tests.fixtures.tiny_deberta import tiny_deberta_spec
 
     backbone, tokenizer, _ = load_backbone(tiny_deberta_spec(tmp_path_factory))
     heads = DifficultyHeads(HeadSpec(hidden_size=32, num_candidates=1, difficulty=True, num_models=2, dropout=0.0))
     export_dir = tmp_path_factory.mktemp("difficulty") / "export"
-    save_router(DifficultyRouter(backbone, heads, "cls"), tokenizer, export_dir,
-                {"router_type": "difficulty", "heads": heads.spec.to_dict(), "pooling": "cls"})
-    (export_dir / "manifest.json").write_text(json.dumps({"files": tree_sha256(export_dir)}))
+    router = DifficultyRouter(backbone, heads, "cls")
+    export_router(export_dir, heads.state_dict(),  # the recipe's export; manifest.json records every file's sha256
+                  {"router_type": "difficulty", "heads": heads.spec.to_dict(), "pooling": "cls"}, {},
+                  extra_files=lambda directory: save_backbone_files(router, tokenizer, directory))
     return export_dir
 
 
@@ -246,7 +247,7 @@ def test_difficulty_loader_never_reads_a_pytorch_model_bin(difficulty_export, tm
 
 def test_probe_loader_refuses_a_pickle_with_a_matching_manifest(tmp_path):
     from routerforge.models.probe import LinearProbe, load_probe_router
-    from routerforge.train.export import export_router
+    from routerforge.train.final_export import export_router
 
     config = {"router_type": "probe", "probe_kind": "linear", "input_dim": 8, "layer": 1, "pooling": "mean",
               "temperature": 1.0, "weak_model": "weak", "strong_model": "strong", "lm": {}}

@@ -23,7 +23,7 @@ PACKAGE = ROOT / "routerforge"
 LAYERS: list[tuple[int, tuple[str, ...]]] = [
     (5, ("routerforge.cli", "routerforge.demo", "routerforge.train.__main__", "routerforge.eval.cli",
          "routerforge.label.cli", "routerforge.serve.cli", "routerforge.registry.cli", "routerforge.router_cli")),
-    (4, ("routerforge.registry.export", "routerforge.serve", "routerforge.rl", "routerforge.label")),
+    (4, ("routerforge.registry.register", "routerforge.serve", "routerforge.rl", "routerforge.label")),
     (3, ("routerforge.router",)),
     (2, ("routerforge.train", "routerforge.eval")),
     (1, ("routerforge.data", "routerforge.models", "routerforge.registry")),
@@ -43,14 +43,6 @@ ALLOWED: dict[tuple[str, str], str] = {
     ("routerforge", "routerforge.router"):
         "`from routerforge import Router`: the package root resolves Router lazily (PEP 562 __getattr__) so "
         "`import routerforge` stays free of torch; the root is imported before any submodule, so no cycle",
-    # Loading an export's weights (sha256 against manifest.json, then safetensors only) is read-side code that
-    # still lives in the training package; it moves to routerforge.io, and these three entries go with it.
-    ("routerforge.models.difficulty", "routerforge.train.export"):
-        "load_export_weights / safetensors_problem: to be imported from routerforge.io",
-    ("routerforge.models.probe", "routerforge.train.export"):
-        "load_export_weights and the export file names: to be imported from routerforge.io",
-    ("routerforge.models.family_scorer", "routerforge.train.export"):
-        "load_export_weights: to be imported from routerforge.io",
 }
 
 
@@ -219,7 +211,7 @@ def test_the_checks_find_what_they_look_for(tmp_path):
         ("routerforge.data.records", 1, False), ("routerforge.train.tracking", 5, True), ("routerforge.router", 6, True)]
     assert layer_of("routerforge.models.mf") == 1 and layer_of("routerforge.train.checkpointing") == 2
     assert layer_of("routerforge.data.config") == 0 and layer_of("routerforge.data.pipeline") == 1
-    assert layer_of("routerforge.registry.export") == 4 and layer_of("routerforge.registry.load") == 1
+    assert layer_of("routerforge.registry.register") == 4 and layer_of("routerforge.registry.load") == 1
     assert layer_of("routerforge.eval.cli") == 5 and layer_of("routerforge.eval.report") == 2
     planted = {"routerforge.router": {"routerforge.eval.report"}, "routerforge.eval.report": {"routerforge.router"},
                "routerforge.models.mf": {"routerforge.data.pipeline"},

@@ -18,8 +18,8 @@ from safetensors.torch import load_file
 from routerforge.data.dataset_io import load_prepared
 from routerforge.errors import CheckpointError
 from routerforge.models.cluster import ClusterRouter
-from routerforge.registry.export import finalize_export
-from routerforge.registry.publish import validate_checkpoint
+from routerforge.registry.publish_validation import validate_checkpoint
+from routerforge.registry.register import finalize_export
 from routerforge.router import Router, RoutingError
 from routerforge.router_cli import route_main
 from tests.fixtures import registry_routers as rr

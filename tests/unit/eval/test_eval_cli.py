@@ -17,8 +17,8 @@ from routerforge.cli import main as routerforge_main
 from routerforge.data.readers.prices import attach_cost
 from routerforge.eval.cli import eval_main
 from routerforge.registry.cli import list_main
-from routerforge.registry.export import finalize_export
-from routerforge.registry.publish import validate_checkpoint
+from routerforge.registry.publish_validation import validate_checkpoint
+from routerforge.registry.register import finalize_export
 from routerforge.router import Router
 from tests.fixtures import registry_routers as rr
 

@@ -28,8 +28,8 @@ from routerforge.eval.thresholds import (
     strong_mask,
     threshold_for_share,
 )
-from routerforge.registry.export import finalize_export
-from routerforge.registry.publish import validate_checkpoint
+from routerforge.registry.publish_validation import validate_checkpoint
+from routerforge.registry.register import finalize_export
 from routerforge.router import Router
 from tests.fixtures import registry_routers as rr
 

@@ -31,7 +31,7 @@ from routerforge.models.difficulty import (
     load_router,
     lora_target_modules,
     pairwise_win_loss,
-    save_router,
+    save_backbone_files,
 )
 from routerforge.models.difficulty_data import (
     build_examples,
@@ -41,6 +41,7 @@ from routerforge.models.difficulty_data import (
     outcome_samples,
 )
 from routerforge.models.tiny_backbones import ensure_random_deberta
+from routerforge.train.final_export import export_router
 from tests.fixtures.tiny_deberta import tiny_deberta_dir, tiny_deberta_spec
 from tests.fixtures.tiny_outcomes_dataset import read_mmlu_outcomes
 
@@ -250,10 +251,12 @@ def test_export_loads_with_automodel_and_reproduces_the_lora_router(tmp_path_fac
             if "lora_B" in name:
                 p.normal_(0, 0.5)
     config = {"router_type": "difficulty", "heads": router.heads.spec.to_dict(), "pooling": "cls"}
-    save_router(router, tokenizer, tmp_path, config)
+    # The recipe's export: heads + config.json by export_router, backbone/ and tokenizer/ as its extra files.
+    export_router(tmp_path, router.heads.state_dict(), config, {},
+                  extra_files=lambda directory: save_backbone_files(router, tokenizer, directory))
     files = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file())
-    assert files == ["backbone/config.json", "backbone/model.safetensors", "config.json", "model.safetensors",
-                     "tokenizer/tokenizer.json", "tokenizer/tokenizer_config.json"]
+    assert files == ["backbone/config.json", "backbone/model.safetensors", "config.json", "manifest.json",
+                     "model.safetensors", "tokenizer/tokenizer.json", "tokenizer/tokenizer_config.json"]
     plain = AutoModel.from_pretrained(str(tmp_path / "backbone"))
     assert type(plain) is DebertaV2Model
     assert not any("lora" in k for k in load_file(str(tmp_path / "backbone" / "model.safetensors")))

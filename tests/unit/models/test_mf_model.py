@@ -30,6 +30,19 @@ def test_score_is_w_dot_normalized_v_times_projected_prompt():
     assert torch.allclose(model(a, b, q), logits, atol=1e-5)
 
 
+def test_from_config_rebuilds_the_shape_an_export_config_describes():
+    torch.manual_seed(0)
+    model = MFModel(3, 8, 4, use_projection=True)
+    export_config = {**model.config(), "model_pool": ["a", "b", "c"], "router_type": "mf"}  # as config.json holds
+    rebuilt = MFModel.from_config(export_config)
+    assert rebuilt.config() == model.config()
+    rebuilt.load_state_dict(model.state_dict())  # strict: every tensor has its shape
+    q, a, b = torch.randn(2, 8), torch.tensor([0, 1]), torch.tensor([1, 2])
+    assert torch.equal(rebuilt(a, b, q), model(a, b, q))
+    assert MFModel.from_config({**model.config(), "use_projection": False, "model_embedding_dim": 8}).config()[
+        "use_projection"] is False
+
+
 def test_noise_is_applied_only_when_asked():
     torch.manual_seed(0)
     model = MFModel(3, 4, 4)

@@ -19,7 +19,7 @@ from routerforge.models.probe import (
     load_probe_router,
     standardization,
 )
-from routerforge.train.export import export_router
+from routerforge.train.final_export import export_router
 from tests.fixtures.tiny_qwen2 import build_tiny_causal_lm, mmlu_questions
 
 

@@ -16,8 +16,9 @@ import pytest
 import yaml
 
 from routerforge.errors import CheckpointError
-from routerforge.registry.export import finalize_export, update_checkpoint, write_calibration
-from routerforge.registry.publish import publish_checkpoint, validate_checkpoint
+from routerforge.registry.publish import publish_checkpoint
+from routerforge.registry.publish_validation import validate_checkpoint
+from routerforge.registry.register import finalize_export, update_checkpoint, write_calibration
 from routerforge.registry.versions import list_versions, read_latest, resolve_local_checkpoint
 from routerforge.router import Router
 from tests.fixtures import registry_routers as rr

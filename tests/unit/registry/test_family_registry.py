@@ -19,10 +19,10 @@ from torch import nn
 from routerforge.errors import CheckpointError
 from routerforge.models.family_scorer import FamilyScorer, expected_gain_scorer, load_weights
 from routerforge.registry import families
-from routerforge.registry.export import finalize_export
 from routerforge.registry.families import FAMILIES, Family, register_family
+from routerforge.registry.register import finalize_export
 from routerforge.router import Router
-from routerforge.train.export import build_manifest, export_router
+from routerforge.train.final_export import build_manifest, export_router
 
 POOL = ["small-model", "large-model"]
 CARD_TEXT = "Prompt-length router: each model's quality is a line in log(1 + prompt characters)."
@@ -62,7 +62,7 @@ def prompt_length_family():
 
 
 def _export(directory: Path) -> Path:
-    """What a recipe's end of run writes: weights + config.json + manifest (train/export.py)."""
+    """What a recipe's end of run writes: weights + config.json + manifest (train/final_export.py)."""
     model = PromptLengthRouter(len(POOL))
     with torch.no_grad():  # the large model gains on long prompts, the small one loses
         model.slope.copy_(torch.tensor([-0.1, 0.2]))

@@ -20,15 +20,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from routerforge.errors import CheckpointError
-from routerforge.registry.publish import (
-    GateMetric,
-    GateRefusedError,
-    PublishError,
-    check_gate,
-    publish_checkpoint,
-    validate_checkpoint,
-)
+from routerforge.errors import CheckpointError, PublishError
+from routerforge.registry.publish import publish_checkpoint
+from routerforge.registry.publish_gate import GateMetric, GateRefusedError, check_gate
+from routerforge.registry.publish_validation import validate_checkpoint
 
 REPO = "rf-org/mf-router"
 FAST = {"backoff_s": 0.01}  # our own retry delay; huggingface_hub's internal retries still wait 1 s each
@@ -354,7 +349,8 @@ def _manifest_version_mismatch(checkpoint: Path) -> None:
     [
         (
             _add_pickle_and_bin,
-            r"refusing to publish 2 file\(s\) of a type that is never published: eval/weights\.bin, optimizer\.pkl\. Only safetensors",
+            r"refusing to publish 2 file\(s\) of a type that is never published: eval/weights\.bin, "
+            r"optimizer\.pkl\. Only safetensors",
         ),
         (_rename_pickle_as_safetensors, r"model\.safetensors: not a safetensors file"),
         (_tamper_after_export, r"sha256 differs from manifest\.json for calibration\.json"),

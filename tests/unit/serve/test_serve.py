@@ -19,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from routerforge.config import load_config
 from routerforge.errors import CheckpointError, ConfigError
 from routerforge.eval.cli import calibrate_main
-from routerforge.registry.export import finalize_export
+from routerforge.registry.register import finalize_export
 from routerforge.router import Router
 from routerforge.serve.app import build_state, create_app
 from routerforge.serve.config import ServeConfig

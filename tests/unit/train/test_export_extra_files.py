@@ -15,7 +15,7 @@ import torch
 from routerforge.errors import CheckpointError
 from routerforge.registry.load import verify_checkpoint
 from routerforge.rl.pool_config import PoolConfig
-from routerforge.train.export import build_manifest, export_router
+from routerforge.train.final_export import build_manifest, export_router
 from tests.fixtures.recipe_runner import REPO_ROOT, load_recipe_module
 from tests.fixtures.tiny_qwen2 import build_tiny_causal_lm
 
@@ -102,19 +102,20 @@ def test_an_export_killed_mid_write_is_cleaned_up_and_a_killed_swap_is_undone(tm
     import sys
     import time
 
-    from routerforge.train.export import recover_interrupted_export
+    from routerforge.train.final_export import recover_interrupted_export
 
     export_dir = tmp_path / "final"
     export_router(export_dir, {"w": torch.zeros(2)}, {"router_type": "router_r1", "v": 1}, manifest_for(1))
     script = (
         "import sys, time, torch\n"
         "from pathlib import Path\n"
-        "from routerforge.train.export import export_router\n"
+        "from routerforge.train.final_export import export_router\n"
         "def slow(d):\n"
         "    (d / 'part.bin').write_bytes(b'x' * 10)\n"
         "    print('writing', flush=True)\n"
         "    time.sleep(60)\n"
-        f"export_router(Path({str(export_dir)!r}), {{'w': torch.ones(2)}}, {{'router_type': 'router_r1', 'v': 2}}, {{}}, extra_files=slow)\n")
+        f"export_router(Path({str(export_dir)!r}), {{'w': torch.ones(2)}}, "
+        f"{{'router_type': 'router_r1', 'v': 2}}, {{}}, extra_files=slow)\n")
     proc = subprocess.Popen([sys.executable, "-c", script], cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "writing"
     proc.send_signal(signal.SIGKILL)

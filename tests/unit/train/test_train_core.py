@@ -23,7 +23,7 @@ from routerforge.train.data_loading import (
     build_train_loader,
     normalize_position,
 )
-from routerforge.train.export import EXPORT_FILES, export_router
+from routerforge.train.final_export import EXPORT_FILES, export_router
 from routerforge.train.optimization import build_optimizer, lr_multiplier
 from routerforge.train.run_config import OptimConfig, RunConfig, TrackingConfig
 from routerforge.train.tracking import TrackingRun, flatten_config, resolve_wandb_mode

@@ -26,7 +26,6 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import json
-import os
 import shutil
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
@@ -37,13 +36,16 @@ from routerforge.eval.report import (
     EVAL_DIR,
     SET_NAME_RE,
     EvalResult,
+    evaluate_router,
     headline_metrics,
     render_plot,
     summary_json,
 )
-from routerforge.eval.thresholds import CALIBRATION_FILE, empty_calibration, read_calibration
+from routerforge.eval.thresholds import CALIBRATION_FILE, calibrate_router, empty_calibration, read_calibration
+from routerforge.io.atomic import DestinationExistsError, atomic_directory, atomic_write_bytes
+from routerforge.io.digest import sha256_file
 from routerforge.registry.card import render_card
-from routerforge.registry.load import sha256_file, verify_checkpoint
+from routerforge.registry.load import verify_checkpoint
 from routerforge.registry.versions import (
     MANIFEST_FILE,
     check_new_version,
@@ -58,13 +60,6 @@ REGISTRY_FORMAT_VERSION = 1
 
 def _json_bytes(obj: dict) -> bytes:
     return (json.dumps(obj, indent=2, sort_keys=True, allow_nan=True) + "\n").encode("utf-8")
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def _check_relative(rel: str) -> str:
@@ -149,59 +144,50 @@ def finalize_export(export_dir: str | Path, registry_root: str | Path = "checkpo
         raise CheckpointError(f"gate_set {gate_set!r} is not one of the evaluation sets "
                               f"{sorted(eval_outcomes or {})}.")
     final = router_dir / version
-    tmp = router_dir / f".tmp-{version}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
     try:
-        for rel in manifest["files"]:
-            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(export_dir / rel, tmp / rel)
-        recorded_prices = (manifest.get("data") or {}).get("prices_usd_per_million_tokens")
-        new = copy.deepcopy(manifest)
-        new.update({
-            "router": name,
-            "version": version,
-            "model_prices_usd_per_million_tokens": normalize_prices(prices if prices is not None else recorded_prices,
-                                                                    manifest["model_pool"]),
-            "registry": {"format_version": REGISTRY_FORMAT_VERSION, "exported_from": str(export_dir),
-                         "finalized_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                         "recipe_files_sha256": dict(manifest["files"])},
-            "evaluations": dict(manifest.get("evaluations") or {}),
-        })
-        new["metrics"] = dict(manifest.get("metrics") or {})
-        if hub_ids := hub_dataset_ids(manifest.get("data") or {}):
-            new["data"] = {**new.get("data", {}), "hub_datasets": hub_ids}
-        calibration = (read_calibration(export_dir, True) if CALIBRATION_FILE in manifest["files"]
-                       else empty_calibration())
-        atomic_write_bytes(tmp / CALIBRATION_FILE, _json_bytes(calibration))
-        atomic_write_bytes(tmp / CARD_FILE, render_card(new, calibration).encode("utf-8"))
-        new["files"] = {rel: sha256_file(tmp / rel) for rel in sorted({*manifest["files"], CALIBRATION_FILE,
-                                                                         CARD_FILE})}
-        atomic_write_bytes(tmp / MANIFEST_FILE, _json_bytes(new))
+        with atomic_directory(final, replace=False) as tmp:
+            for rel in manifest["files"]:
+                (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(export_dir / rel, tmp / rel)
+            recorded_prices = (manifest.get("data") or {}).get("prices_usd_per_million_tokens")
+            new = copy.deepcopy(manifest)
+            new.update({
+                "router": name,
+                "version": version,
+                "model_prices_usd_per_million_tokens": normalize_prices(
+                    prices if prices is not None else recorded_prices, manifest["model_pool"]),
+                "registry": {"format_version": REGISTRY_FORMAT_VERSION, "exported_from": str(export_dir),
+                             "finalized_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                             "recipe_files_sha256": dict(manifest["files"])},
+                "evaluations": dict(manifest.get("evaluations") or {}),
+            })
+            new["metrics"] = dict(manifest.get("metrics") or {})
+            if hub_ids := hub_dataset_ids(manifest.get("data") or {}):
+                new["data"] = {**new.get("data", {}), "hub_datasets": hub_ids}
+            calibration = (read_calibration(export_dir, True) if CALIBRATION_FILE in manifest["files"]
+                           else empty_calibration())
+            atomic_write_bytes(tmp / CALIBRATION_FILE, _json_bytes(calibration))
+            atomic_write_bytes(tmp / CARD_FILE, render_card(new, calibration).encode("utf-8"))
+            new["files"] = {rel: sha256_file(tmp / rel) for rel in sorted({*manifest["files"], CALIBRATION_FILE,
+                                                                             CARD_FILE})}
+            atomic_write_bytes(tmp / MANIFEST_FILE, _json_bytes(new))
 
-        if eval_outcomes or calibration_prompts:
-            from routerforge.eval.report import evaluate_router
-            from routerforge.eval.thresholds import calibrate_router
-            from routerforge.router import Router
+            if eval_outcomes or calibration_prompts:
+                from routerforge.router import Router
 
-            router = Router.from_pretrained(tmp, embedding_cache_dir=embedding_cache_dir)
-            for set_name, table in (eval_outcomes or {}).items():
-                result = evaluate_router(router, table, strong=strong, weak=weak, router_pair=router_pair,
-                                         n_bootstrap=n_bootstrap, seed=seed)
-                result.summary["checkpoint"] = str(final)  # where it will live, not the temporary directory
-                save_evaluation(tmp, result, set_name, gate=set_name == gate_set)
-            if calibration_prompts:
-                write_calibration(tmp, calibrate_router(router, calibration_prompts, strong_shares, strong=strong,
-                                                        weak=weak, router_pair=router_pair, seed=seed))
-        verify_checkpoint(tmp, expected_version=version)
-        try:
-            os.rename(tmp, final)
-        except OSError:
-            raise CheckpointError(f"{final} appeared while exporting (another export of {version}?); versions are "
-                                  f"immutable, export again for the next version.") from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+                router = Router.from_pretrained(tmp, embedding_cache_dir=embedding_cache_dir)
+                for set_name, table in (eval_outcomes or {}).items():
+                    result = evaluate_router(router, table, strong=strong, weak=weak, router_pair=router_pair,
+                                             n_bootstrap=n_bootstrap, seed=seed)
+                    result.summary["checkpoint"] = str(final)  # where it will live, not the temporary directory
+                    save_evaluation(tmp, result, set_name, gate=set_name == gate_set)
+                if calibration_prompts:
+                    write_calibration(tmp, calibrate_router(router, calibration_prompts, strong_shares, strong=strong,
+                                                            weak=weak, router_pair=router_pair, seed=seed))
+            verify_checkpoint(tmp, expected_version=version)
+    except DestinationExistsError:
+        raise CheckpointError(f"{final} appeared while exporting (another export of {version}?); versions are "
+                              f"immutable, export again for the next version.") from None
     write_latest(router_dir, version)
     return final
 

@@ -26,24 +26,19 @@ import importlib.metadata
 import json
 import os
 import shutil
-import struct
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
-from routerforge.data.dataset_io import sha256_file, tree_sha256
-from routerforge.errors import CheckpointError
+from routerforge.io.atomic import atomic_directory
+from routerforge.io.digest import tree_sha256
+from routerforge.io.names import CONFIG_FILE, MANIFEST_FILE, WEIGHTS_FILE
 
 EXPORT_FORMAT_VERSION = 1
-WEIGHTS_FILE = "model.safetensors"
-CONFIG_FILE = "config.json"
-MANIFEST_FILE = "manifest.json"
 EXPORT_FILES = (WEIGHTS_FILE, CONFIG_FILE, MANIFEST_FILE)
-MAX_SAFETENSORS_HEADER_BYTES = 100_000_000  # the safetensors format's own limit
 _LIBRARIES = ("routerforge", "torch", "accelerate", "transformers", "datasets", "safetensors")
 
 
@@ -102,9 +97,7 @@ def export_router(export_dir: Path, state_dict: dict[str, torch.Tensor], model_c
     export_dir = Path(export_dir)
     export_dir.parent.mkdir(parents=True, exist_ok=True)
     recover_interrupted_export(export_dir)  # also removes this process's own leftover temporary directory
-    tmp = export_dir.with_name(f".tmp-{export_dir.name}-{os.getpid()}")
-    tmp.mkdir()
-    try:
+    with atomic_directory(export_dir) as tmp:
         tensors = {name: t.detach().to("cpu").contiguous() for name, t in state_dict.items()}
         save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
         (tmp / CONFIG_FILE).write_text(json.dumps(model_config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
@@ -116,16 +109,6 @@ def export_router(export_dir: Path, state_dict: dict[str, torch.Tensor], model_c
         # Every file on disk, the extra ones included: the registry verifies exactly this set.
         full_manifest["files"] = tree_sha256(tmp, exclude=(MANIFEST_FILE,))
         (tmp / MANIFEST_FILE).write_text(json.dumps(full_manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        if export_dir.exists():
-            old = export_dir.with_name(f".old-{export_dir.name}-{os.getpid()}")
-            os.rename(export_dir, old)
-            os.rename(tmp, export_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, export_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return export_dir
 
 
@@ -162,53 +145,3 @@ def recover_interrupted_export(export_dir: Path) -> list[str]:
     return actions
 
 
-class UnsafeWeightsError(CheckpointError):
-    """A weights file is not safetensors (e.g. a pickle): refused unread, since unpickling runs code."""
-
-
-def safetensors_problem(path: Path) -> str | None:
-    """None if `path` starts like a safetensors file (u64 header length + a JSON object), else what it is."""
-    size = path.stat().st_size
-    with open(path, "rb") as fh:
-        prefix = fh.read(8)
-        if prefix.startswith(b"PK\x03\x04"):
-            return "a zip archive (torch.save's format: pickled Python objects)"
-        if prefix[:1] == b"\x80":
-            return "a Python pickle"
-        header_len = struct.unpack("<Q", prefix)[0] if len(prefix) == 8 else 0
-        if not 0 < header_len <= min(size - 8, MAX_SAFETENSORS_HEADER_BYTES):
-            return "not safetensors (no valid header)"
-        try:
-            header = json.loads(fh.read(header_len))
-        except (UnicodeDecodeError, ValueError):
-            return "not safetensors (its header is not JSON)"
-    return None if isinstance(header, dict) else "not safetensors (its header is not a JSON object)"
-
-
-def load_export_weights(export_dir: Path, weights_file: str = WEIGHTS_FILE) -> dict[str, torch.Tensor]:
-    """The tensors of an export's safetensors file, after checking its format and its manifest sha256.
-
-    UnsafeWeightsError when the file is not safetensors (never unpickled); CheckpointError when it is
-    missing or differs from the sha256 that manifest.json recorded at export.
-    """
-    export_dir = Path(export_dir)
-    path = export_dir / weights_file
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such weights file; pass the directory of a RouterForge export.")
-    problem = safetensors_problem(path)
-    if problem is not None:
-        raise UnsafeWeightsError(f"{path}: refused, the file is {problem}; RouterForge loads weights only from "
-                                 f"safetensors and never unpickles them. Re-export the router with RouterForge.")
-    manifest_path = export_dir / MANIFEST_FILE
-    if manifest_path.is_file():
-        try:
-            recorded = json.loads(manifest_path.read_text(encoding="utf-8")).get("files", {}).get(weights_file)
-        except (UnicodeDecodeError, ValueError, AttributeError):
-            raise CheckpointError(f"{manifest_path}: not a valid manifest (JSON object); re-export the router.") from None
-        if recorded is not None and recorded != sha256_file(path):
-            raise CheckpointError(f"{path}: sha256 differs from {manifest_path} (modified or damaged after export); "
-                                  f"re-export the router or restore the file.")
-    try:
-        return load_file(str(path))
-    except SafetensorError as exc:
-        raise UnsafeWeightsError(f"{path}: not a readable safetensors file ({exc}); re-export the router.") from None
