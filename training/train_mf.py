@@ -43,7 +43,7 @@ from routerforge.train.accelerator_setup import seed_for_model_init, seed_for_tr
 from routerforge.train.consistency import agreed_parameter_digests, refuse_sharded_weights
 from routerforge.train.entrypoint import run_recipe
 from routerforge.train.export import CONFIG_FILE, load_export_weights
-from routerforge.train.lifecycle import LoopOutcome, Position, RunContext, start_run
+from routerforge.train.lifecycle import LoopOutcome, Position, RunContext, dataset_facts, start_run
 from routerforge.train.optimization import build_lr_scheduler, build_optimizer, warmup_steps_for
 from routerforge.train.pair_data import TIE_RULES, PairTensors, pairs_to_tensors, prompt_embedding_matrix
 from routerforge.train.run_config import (
@@ -388,8 +388,7 @@ def evaluate_and_export(ctx: RunContext, trained: LoopOutcome, data: PreparedDat
         ctx.export(
             export_state, {"router_type": RECIPE, "model_pool": model_pool, **unwrapped.config()},
             model_pool=model_pool, encoder=data.encoder, register=register_run_export,
-            data={"path": str(data.path), "name": data.manifest.get("name"), "version": data.manifest.get("version"),
-                  "fingerprint": data.fingerprint, "train_pairs": len(train_pairs),
+            data={**dataset_facts(data), "train_pairs": len(train_pairs),
                   "train_pairs_dropped": train_pairs.dropped,
                   "eval_pairs": len(eval_pairs) if eval_pairs is not None else 0},
             training={"optimizer_steps": trained.optimizer_step, "total_optimizer_steps": trained.total_optimizer_steps,

@@ -195,6 +195,12 @@ class RunContext:
         finish_tracking(self.accelerator)
 
 
+def dataset_facts(data) -> dict:
+    """The manifest's `data` entries every recipe on a prepared dataset records: path, name, version, fingerprint."""
+    return {"path": str(data.path), "name": data.manifest.get("name"), "version": data.manifest.get("version"),
+            "fingerprint": data.fingerprint}
+
+
 def start_run(cfg, recipe: str, repo_dir: Path, *, resumable: bool = True,
               check_accelerator: Callable[[Accelerator], None] | None = None) -> RunContext:
     """Start a run of `recipe` from its parsed config `cfg` (blocks run, tracking, export; with `resumable`, also
@@ -221,3 +227,14 @@ def start_run(cfg, recipe: str, repo_dir: Path, *, resumable: bool = True,
                       export_dir=export_dir_for(run, cfg.export, recipe), repo_dir=repo_dir, accelerator=accelerator,
                       tracking=tracking, tracking_run_id=run_id_box[0], resolved_config=resolved_config,
                       resume_from=resume_from, resumed_state=resumed_state, resumable=resumable)
+
+
+def context_for_trainer(cfg, recipe: str, repo_dir: Path, accelerator: Accelerator, tracking: TrackingRun,
+                        resume_from: Path | None) -> RunContext:
+    """The context of a run whose trainer (TRL's GRPOTrainer) built the accelerator and owns tracking and its own
+    checkpoints: what the shared export tail (`RunContext.export`, `result`) needs."""
+    run = cfg.run
+    return RunContext(recipe=recipe, cfg=cfg, run=run, run_dir=run_dir_for(run, recipe),
+                      export_dir=export_dir_for(run, cfg.export, recipe), repo_dir=repo_dir, accelerator=accelerator,
+                      tracking=tracking, tracking_run_id=tracking.run_id, resolved_config=config_to_dict(cfg),
+                      resume_from=resume_from, resumed_state=None, resumable=True)
