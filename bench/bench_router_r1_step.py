@@ -33,7 +33,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 PPO_CONFIG = REPO_ROOT / "configs" / "router_r1" / "tiny.yaml"
-GRPO_CONFIG = REPO_ROOT / "configs" / "router_r1" / "tiny_grpo.yaml"
+GRPO_CONFIG = REPO_ROOT / "configs" / "router_r1_grpo" / "tiny.yaml"
 QWEN2_5_0_5B = dict(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
                     num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=32768,
                     tie_word_embeddings=True, rope_theta=1000000.0, rms_norm_eps=1e-6)
@@ -59,9 +59,10 @@ def build_policy(shape: str, directory: Path) -> Path:
 def side_argv(args, algorithm: str, policy: Path, out_dir: str) -> list[str]:
     common = [f"model.policy={policy}", f"run.output_dir={out_dir}", f"run.max_optimizer_steps={args.steps}",
               f"run.mixed_precision='{args.mixed_precision}'", "checkpoint.every_optimizer_steps=0",
-              "tracking.report_to=none", "export.registry=false", "rl.max_prompt_tokens=1024"]
+              "tracking.report_to=none", "export.registry=false"]
     if algorithm == "ppo":
-        return ["--config", str(PPO_CONFIG), *common, f"rl.rollout_batch_size={args.rollout_batch_size}",
+        return ["--config", str(PPO_CONFIG), *common, "rl.max_prompt_tokens=1024",
+                f"rl.rollout_batch_size={args.rollout_batch_size}",
                 f"rl.mini_batch_size={args.rollout_batch_size}", f"run.micro_batch_size={args.micro_batch_size}",
                 f"rl.max_new_tokens={args.max_new_tokens}", "rl.ppo_epochs=1"]
     return ["--config", str(GRPO_CONFIG), *common, f"grpo.rollout_batch_size={args.rollout_batch_size}",
@@ -74,7 +75,7 @@ def worker(algorithm: str, argv: list[str]) -> None:
 
     from tests.fixtures.recipe_runner import run_recipe_in_process
 
-    result = run_recipe_in_process("train_router_r1", argv)
+    result = run_recipe_in_process("train_router_r1" if algorithm == "ppo" else "train_router_r1_grpo", argv)
     manifest = json.loads((Path(result["export_dir"]) / "manifest.json").read_text())
     training = manifest["training"]
     peak = (torch.cuda.max_memory_allocated() if torch.cuda.is_available()

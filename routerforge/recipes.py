@@ -40,7 +40,7 @@ def configs_dir() -> Path:
 
 
 def recipes() -> dict[str, str]:
-    """CLI name -> recipe file, one per training/train_*.py (train_router_r1.py is `router-r1`)."""
+    """CLI name -> recipe file, one per training/train_*.py (train_router_r1_grpo.py is `router-r1-grpo`)."""
     return {path.stem.removeprefix("train_").replace("_", "-"): path.name
             for path in sorted(recipes_dir().glob("train_*.py"))}
 
@@ -88,7 +88,7 @@ def train_main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print("usage: routerforge train RECIPE [--config FILE|RECIPE/NAME] [key=value ...]\n\nrecipes:")
         for name in recipes():
-            print(f"  {name:<12}{summary(name)}")
+            print(f"  {name:<16}{summary(name)}")
         print("\n`routerforge train RECIPE --help` lists every config key. Several processes: "
               "accelerate launch -m routerforge.train RECIPE ...")
         return 0 if argv else 2

@@ -22,7 +22,8 @@ Processes: k-means runs on the main process and its centroids are broadcast; eve
 table's sums over its shard of the outcomes and the sums are all-reduced, so every process ends with the
 same router (checked: sha256 of the tensors per process, recorded in the manifest).
 
-Reads top to bottom:
+Reads top to bottom (main() at the end calls the sections in order; routerforge/train/lifecycle.py holds the
+run's start and export, shared by every recipe):
   1. config   2. accelerate, seeds, run dir, tracking   3. data (embeddings, outcomes, costs)
   4. clusters (k-means, or the base router's)   5. per-cluster table (all-reduced sums)
   6. cross-process check   7. evaluation on the test split and export (main process)
@@ -45,6 +46,8 @@ from routerforge.data.dataset_io import PreparedDataset, load_prepared
 from routerforge.data.readers.prices import PriceTable, attach_cost, load_price_table
 from routerforge.errors import CheckpointError, DataError, RouterForgeError
 from routerforge.eval.multi import multi_report
+from routerforge.io.names import CONFIG_FILE, MANIFEST_FILE
+from routerforge.io.safetensors_file import load_export_weights
 from routerforge.models.cluster import (
     KMEANS_INITS,
     ClusterRouter,
@@ -57,25 +60,11 @@ from routerforge.models.cluster import (
     table_stats,
 )
 from routerforge.registry.register import register_run_export
-from routerforge.train.accelerator_setup import seed_for_model_init, world_description
-from routerforge.train.consistency import parameter_digests
+from routerforge.train.accelerator_setup import seed_for_model_init
+from routerforge.train.consistency import agreed_parameter_digests
 from routerforge.train.entrypoint import run_recipe
-from routerforge.train.final_export import (
-    CONFIG_FILE,
-    MANIFEST_FILE,
-    build_manifest,
-    export_router,
-    load_export_weights,
-)
-from routerforge.train.fit_run import start_fit_run
-from routerforge.train.run_config import (
-    ExportConfig,
-    RunConfig,
-    TrackingConfig,
-    export_dir_for,
-    parse_recipe_args,
-)
-from routerforge.train.tracking import finish_tracking
+from routerforge.train.lifecycle import RunContext, dataset_facts, start_run
+from routerforge.train.run_config import ExportConfig, FitRunConfig, TrackingConfig, parse_recipe_args
 
 RECIPE = "cluster"
 REPO_DIR = Path(__file__).resolve().parents[1]
@@ -85,22 +74,6 @@ REPO_DIR = Path(__file__).resolve().parents[1]
 # 1. Config: this recipe's blocks + the shared tracking/export blocks. No optimizer: nothing is trained
 #    by gradient descent, so there are no epochs, batches or step checkpoints (a fit takes seconds).
 # ----------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class ClusterRunConfig:
-    name: str = doc("run name: the run directory is <output_dir>/cluster/<name>/ (letters, digits, . _ -)",
-                    default="default")
-    output_dir: str = doc("root directory of all runs and exports (path)", default="checkpoints")
-    seed: int = doc("random seed (integer) of the k-means++ seeds, faiss and the new-model samples", default=42)
-    progress_bar: bool = doc("show a progress bar on the main process (bool)", default=True)
-
-    def __post_init__(self) -> None:
-        self.as_run_config()  # the shared RunConfig validates the name
-
-    def as_run_config(self) -> RunConfig:
-        """The shared run block (fp32, no accumulation) for the shared accelerate/run-dir functions."""
-        return RunConfig(name=self.name, output_dir=self.output_dir, seed=self.seed, progress_bar=self.progress_bar)
-
-
 @dataclass(frozen=True)
 class ClusterDataConfig:
     path: str = doc("prepared dataset: a version directory, or its parent holding LATEST (path)",
@@ -222,7 +195,8 @@ class ClusterEvalConfig:
 
 @dataclass(frozen=True)
 class ClusterConfig:
-    run: ClusterRunConfig = doc("run name, output dir, seed", default_factory=ClusterRunConfig)
+    run: FitRunConfig = doc("run name, output dir, seed of the k-means++ seeds, faiss and the new-model samples",
+                             default_factory=FitRunConfig)
     data: ClusterDataConfig = doc("prepared dataset, splits and model pool", default_factory=ClusterDataConfig)
     clusters: ClustersConfig = doc("k-means over prompt embeddings", default_factory=ClustersConfig)
     table: TableConfig = doc("per-cluster quality table", default_factory=TableConfig)
@@ -376,23 +350,11 @@ def evaluate_routing(router: ClusterRouter, data: PreparedDataset, split: str, p
     }
 
 
-def main(argv: list[str] | None = None) -> dict:
-    cfg = parse_recipe_args(ClusterConfig, argv, description=__doc__.splitlines()[0])
-
-    # ------------------------------------------------------------------------------------------------
-    # 2. accelerate, seeds, run directory, tracking
-    # ------------------------------------------------------------------------------------------------
-    started = start_fit_run(cfg, RECIPE)
-    run, run_dir, accelerator, tracking = started.run, started.run_dir, started.accelerator, started.tracking
-    resolved_config = started.resolved_config
-    seed_for_model_init(cfg.run.seed)
-    stages = ["data", "clusters", "table", "check"]
-    progress = tqdm(total=len(stages), desc=RECIPE, unit="stage",
-                    disable=not (accelerator.is_main_process and cfg.run.progress_bar))
-
-    # ------------------------------------------------------------------------------------------------
-    # 3. Data: the pool, every prompt's embedding, the table split's outcomes (with costs in USD)
-    # ------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------
+# 3. Data: the pool, every prompt's embedding, the table split's outcomes (with costs in USD)
+# ----------------------------------------------------------------------------------------------------
+def load_data(cfg: ClusterConfig) -> tuple[PreparedDataset, list[str]]:
+    """The prepared dataset and the pool asked for (data.models, or every model with outcomes)."""
     data = load_prepared(cfg.data.path)
     for split in (cfg.data.cluster_split, cfg.data.table_split, cfg.data.eval_split):
         if split and (split not in data.prompts or split not in data.outcomes):
@@ -412,15 +374,29 @@ def main(argv: list[str] | None = None) -> dict:
     if unknown:
         raise DataError(f"data.models: {unknown} have no outcomes in {data.path} (models with outcomes: "
                         f"{', '.join(sorted(outcome_models))}); fix the names.")
-    prices = price_table(cfg.costs)
-    embedding_of = data.embedding_index()
-    progress.update(1)
+    return data, requested_pool
 
-    # ------------------------------------------------------------------------------------------------
-    # 4. Clusters: k-means over the cluster split's prompts (main process, broadcast), or the base router's
-    # ------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Clusters:
+    """Section 4's result."""
+
+    pool: list[str]  # the router's model pool: the base router's, then the new models
+    new_models: list[str]  # the models whose table section 5 fills
+    base_pool: list[str]
+    base_router: ClusterRouter | None  # init.from_export's router
+    centroids: torch.Tensor | None  # k-means' centroids (None: the base router's)
+    num_clusters: int
+    kmeans_record: dict
+
+
+# ----------------------------------------------------------------------------------------------------
+# 4. Clusters: k-means over the cluster split's prompts (main process, broadcast), or the base router's
+# ----------------------------------------------------------------------------------------------------
+def build_clusters(cfg: ClusterConfig, accelerator, data: PreparedDataset, requested_pool: list[str]) -> Clusters:
     base_pool: list[str] = []
     base_manifest: dict | None = None
+    base_router, centroids = None, None
     kmeans_record: dict
     if cfg.init.from_export:
         base_router, base_pool, base_manifest = load_base_router(Path(cfg.init.from_export), data.encoder)
@@ -461,12 +437,28 @@ def main(argv: list[str] | None = None) -> dict:
     if len(pool) == 1:
         accelerator.print(f"warning: the pool has one model ({pool[0]}); routing is trivial until models are "
                           f"added (init.from_export).")
-    progress.update(1)
+    return Clusters(pool=pool, new_models=new_models, base_pool=base_pool, base_router=base_router,
+                    centroids=centroids, num_clusters=num_clusters, kmeans_record=kmeans_record)
 
-    # ------------------------------------------------------------------------------------------------
-    # 5. Per-cluster table: each new model's mean score and cost per cluster on the table split
-    #    (fallback: the cluster split); with init.from_export, on a small per-cluster sample only.
-    # ------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Table:
+    """Section 5's result: the router and where its table came from."""
+
+    router: ClusterRouter
+    table_outcomes: OutcomeArrays
+    table_source: dict[str, str]  # model -> split its table rows came from
+    cost_origin: dict[str, str]  # model -> where its costs came from
+    added_record: dict[str, dict]  # init.from_export: what each new model was fitted on
+
+
+# ----------------------------------------------------------------------------------------------------
+# 5. Per-cluster table: each new model's mean score and cost per cluster on the table split
+#    (fallback: the cluster split); with init.from_export, on a small per-cluster sample only.
+# ----------------------------------------------------------------------------------------------------
+def build_table(cfg: ClusterConfig, accelerator, data: PreparedDataset, cl: Clusters, prices: PriceTable,
+                embedding_of) -> Table:
+    new_models, num_clusters, base_router, centroids = cl.new_models, cl.num_clusters, cl.base_router, cl.centroids
     new_index = {name: j for j, name in enumerate(new_models)}
     table_outcomes, cost_origin = outcome_arrays(data, cfg.data.table_split, new_models, prices, cfg.costs)
     fallback_models = [m for m in new_models if not np.any(table_outcomes.model_ids == new_index[m])]
@@ -526,24 +518,19 @@ def main(argv: list[str] | None = None) -> dict:
         quality, cost, support = finalize_tables(stats, cfg.table.prior_pseudo_count)
         router = ClusterRouter(centroids, torch.from_numpy(quality), torch.from_numpy(cost), torch.from_numpy(support))
     router = router.to(accelerator.device)
-    progress.update(1)
+    return Table(router=router, table_outcomes=table_outcomes, table_source=table_source, cost_origin=cost_origin,
+                 added_record=added_record)
 
-    # ------------------------------------------------------------------------------------------------
-    # 6. Every process must hold the same router (centroids broadcast, sums all-reduced)
-    # ------------------------------------------------------------------------------------------------
-    digests = parameter_digests(accelerator, router)
-    if len(set(digests)) != 1:
-        raise RuntimeError(f"processes ended with different routers (sha256 per process: {digests}).")
-    progress.update(1)
-    progress.close()
 
-    # ------------------------------------------------------------------------------------------------
-    # 7. Evaluation on the eval split, export, and where everything went (main process only)
-    # ------------------------------------------------------------------------------------------------
-    export_dir = export_dir_for(run, cfg.export, RECIPE)
-    result = {"export_dir": str(export_dir), "run_dir": str(run_dir), "tracking": tracking.to_dict(),
-              "model_pool": pool, "metrics": {}}
-    if accelerator.is_main_process:
+# ----------------------------------------------------------------------------------------------------
+# 7. Evaluation on the eval split, export, and where everything went (main process only)
+# ----------------------------------------------------------------------------------------------------
+def evaluate_and_export(ctx: RunContext, data: PreparedDataset, cl: Clusters, table: Table, prices: PriceTable,
+                        embedding_of, digests: list[str]) -> dict:
+    cfg: ClusterConfig = ctx.cfg
+    router, pool = table.router, cl.pool
+    result = ctx.result(model_pool=pool, metrics={})
+    if ctx.accelerator.is_main_process:
         evaluation = (evaluate_routing(router, data, cfg.data.eval_split, pool, prices, cfg, embedding_of)
                       if cfg.data.eval_split else {})
         if cfg.data.eval_split and not evaluation:
@@ -555,34 +542,51 @@ def main(argv: list[str] | None = None) -> dict:
                   f"model; no evaluation.")
         metrics = {k: v for k, v in evaluation.items() if k != "report"}
         scalars = {f"eval/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}
-        if "objective" in kmeans_record:
-            scalars["kmeans/objective"] = kmeans_record["objective"]
-        accelerator.log(scalars, step=0)
-        model_config = {"router_type": RECIPE, "model_pool": pool, **router.config(),
-                        "cost_weight": cfg.routing.cost_weight, "encoder": data.encoder,
-                        "quality": f"mean outcome score in [0, 1] per cluster ({cfg.data.table_split} split)",
-                        "cost": "mean cost per prompt, USD"}
-        manifest = build_manifest(
-            recipe=RECIPE, router_type=RECIPE, resolved_config=resolved_config, model_pool=pool,
-            encoder=data.encoder, repo_dir=REPO_DIR, tracking=tracking.to_dict(),
-            data={"path": str(data.path), "name": data.manifest.get("name"), "version": data.manifest.get("version"),
-                  "fingerprint": data.fingerprint, "table_rows": len(table_outcomes),
-                  "table_split_per_model": table_source, "cost_source_per_model": cost_origin,
-                  "prices_usd_per_million_tokens": {m: list(prices[m]) for m in pool if m in prices}},
-            training={**world_description(accelerator), "kmeans": kmeans_record, "base_router": cfg.init.from_export,
-                      "base_model_pool": base_pool, "added_models": added_record,
-                      "param_sha256_per_process": digests},
-            metrics=metrics,
-        )
-        export_router(export_dir, router.state_dict(), model_config, manifest)
-        registered = register_run_export(cfg.export, export_dir, run.output_dir)
-        if registered is not None:
-            print(f"registered checkpoint: {registered}")
+        if "objective" in cl.kmeans_record:
+            scalars["kmeans/objective"] = cl.kmeans_record["objective"]
+        ctx.accelerator.log(scalars, step=0)
         result["metrics"] = metrics
-        print(f"checkpoint: {export_dir}")
-        print(tracking.describe(), flush=True)
-    finish_tracking(accelerator)
+        ctx.export(
+            router.state_dict(),
+            {"router_type": RECIPE, "model_pool": pool, **router.config(), "cost_weight": cfg.routing.cost_weight,
+             "encoder": data.encoder, "quality": f"mean outcome score in [0, 1] per cluster ({cfg.data.table_split} "
+                                                 f"split)", "cost": "mean cost per prompt, USD"},
+            model_pool=pool, encoder=data.encoder, register=register_run_export,
+            data={**dataset_facts(data), "table_rows": len(table.table_outcomes),
+                  "table_split_per_model": table.table_source, "cost_source_per_model": table.cost_origin,
+                  "prices_usd_per_million_tokens": {m: list(prices[m]) for m in pool if m in prices}},
+            training={"kmeans": cl.kmeans_record, "base_router": cfg.init.from_export, "base_model_pool": cl.base_pool,
+                      "added_models": table.added_record, "param_sha256_per_process": digests},
+            metrics=metrics)
+    ctx.finish()
     return result
+
+
+def main(argv: list[str] | None = None) -> dict:
+    # 1. Config
+    cfg = parse_recipe_args(ClusterConfig, argv, description=__doc__.splitlines()[0])
+    # 2. accelerate, seeds, run directory, tracking
+    ctx = start_run(cfg, RECIPE, REPO_DIR, resumable=False)
+    seed_for_model_init(cfg.run.seed)
+    progress = tqdm(total=4, desc=RECIPE, unit="stage",  # data, clusters, table, check
+                    disable=not (ctx.accelerator.is_main_process and cfg.run.progress_bar))
+    # 3. Data
+    data, requested_pool = load_data(cfg)
+    prices = price_table(cfg.costs)
+    embedding_of = data.embedding_index()
+    progress.update(1)
+    # 4. Clusters
+    cl = build_clusters(cfg, ctx.accelerator, data, requested_pool)
+    progress.update(1)
+    # 5. Per-cluster table
+    table = build_table(cfg, ctx.accelerator, data, cl, prices, embedding_of)
+    progress.update(1)
+    # 6. Every process must hold the same router (centroids broadcast, sums all-reduced)
+    digests = agreed_parameter_digests(ctx.accelerator, table.router, what="routers")
+    progress.update(1)
+    progress.close()
+    # 7. Evaluation and export
+    return evaluate_and_export(ctx, data, cl, table, prices, embedding_of, digests)
 
 
 if __name__ == "__main__":

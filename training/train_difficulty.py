@@ -16,7 +16,8 @@ The model pool is the dataset's (its manifest's `models`); the reference model i
 or, when null, the model with the highest mean score on the training outcomes. A head whose table (outcomes
 for a/b, pairs for c) is empty in the training split, or whose loss weight is 0, is not built.
 
-Reads top to bottom:
+Reads top to bottom (main() at the end calls the sections in order; routerforge/train/lifecycle.py holds the
+run's start, step checkpoints, NaN/Inf stop and export, shared by every recipe):
   1. config   2. accelerate, seeds, run dir, tracking   3. data and backbone   4. model   5. optimizer + schedule
   6. resume   7. training loop (log, evaluate, checkpoint)   8. final evaluation and export (main process)
 
@@ -27,7 +28,6 @@ Exit status: 0 trained and exported; 2 a user error (one line: config, data, che
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,11 +35,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 import transformers
-from accelerate.utils import broadcast_object_list
 from tqdm.auto import tqdm
 
-from routerforge.config import config_to_dict, doc
-from routerforge.data.dataset_io import load_prepared
+from routerforge.config import doc
+from routerforge.data.dataset_io import PreparedDataset, load_prepared
 from routerforge.data.pair_tensors import TIE_RULES
 from routerforge.errors import DataError
 from routerforge.models.difficulty import (
@@ -64,23 +63,12 @@ from routerforge.models.difficulty_data import (
     outcome_samples,
 )
 from routerforge.registry.register import register_run_export
-from routerforge.train import checkpointing, early_stopping, faults, nan_guard
-from routerforge.train.accelerator_setup import (
-    build_accelerator,
-    peak_accelerator_memory_bytes,
-    seed_for_model_init,
-    seed_for_training,
-    world_description,
-)
-from routerforge.train.consistency import parameter_digests
-from routerforge.train.data_loading import (
-    batches_for_epoch,
-    build_eval_loader,
-    build_train_loader,
-    normalize_position,
-)
+from routerforge.train import early_stopping, nan_guard
+from routerforge.train.accelerator_setup import seed_for_model_init, seed_for_training
+from routerforge.train.consistency import agreed_parameter_digests
+from routerforge.train.data_loading import batches_for_epoch, build_eval_loader, build_train_loader
 from routerforge.train.entrypoint import run_recipe
-from routerforge.train.final_export import build_manifest, export_router
+from routerforge.train.lifecycle import LoopOutcome, Position, RunContext, dataset_facts, start_run
 from routerforge.train.optimization import build_lr_scheduler, build_optimizer, warmup_steps_for
 from routerforge.train.run_config import (
     RESUME_HELP,
@@ -89,13 +77,10 @@ from routerforge.train.run_config import (
     OptimConfig,
     RunConfig,
     TrackingConfig,
-    export_dir_for,
     parse_recipe_args,
-    run_dir_for,
 )
-from routerforge.train.run_plan import EtaReporter, announce_plan
+from routerforge.train.run_plan import EtaReporter, announce_plan, optimizer_steps_for
 from routerforge.train.sharded_models import full_state_dict, is_fsdp
-from routerforge.train.tracking import finish_tracking, new_run_id, start_tracking
 
 RECIPE = "difficulty"
 REPO_DIR = Path(__file__).resolve().parents[1]
@@ -278,29 +263,30 @@ def label_counts(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             "win": batch["pair_weight"].gt(0).sum()}
 
 
-def main(argv: list[str] | None = None) -> dict:
-    cfg = parse_recipe_args(DifficultyConfig, argv, description=__doc__.splitlines()[0])
+@dataclass(frozen=True)
+class TrainingData:
+    """Section 3's result: the dataset, the heads it can train, the backbone and the tokenized examples."""
 
-    # ------------------------------------------------------------------------------------------------
-    # 2. accelerate, seeds, run directory, tracking
-    # ------------------------------------------------------------------------------------------------
-    run_dir = run_dir_for(cfg.run, RECIPE)
-    accelerator = build_accelerator(cfg.run, cfg.tracking, run_dir)
-    if not accelerator.is_main_process:
-        transformers.utils.logging.disable_progress_bar()
-    resume_from = checkpointing.resolve_resume(cfg.resume, run_dir)
-    resumed_state = checkpointing.TrainerState.read(resume_from) if resume_from else None
-    # One tracking run id per training run: a resumed run continues the one stored in its checkpoint.
-    run_id_box = [resumed_state.tracking_run_id if resumed_state and resumed_state.tracking_run_id else new_run_id()]
-    broadcast_object_list(run_id_box)
-    tracking_run_id = run_id_box[0]
-    resolved_config = config_to_dict(cfg)
-    tracking = start_tracking(accelerator, cfg.tracking, run_dir, cfg.run.name, tracking_run_id, resolved_config)
-    seed_for_model_init(cfg.run.seed)
+    data: PreparedDataset
+    model_pool: list[str]
+    use_candidates: bool
+    use_difficulty: bool
+    use_win: bool
+    reference: str | None
+    candidates: list
+    backbone: object
+    tokenizer: object
+    backbone_info: object
+    train_examples: object
+    eval_examples: object | None
+    train_loader: object
+    eval_loader: object | None
 
-    # ------------------------------------------------------------------------------------------------
-    # 3. Data and backbone: outcomes feed heads (a) and (b), pairs feed heads (c); prompts are tokenized here
-    # ------------------------------------------------------------------------------------------------
+
+# ----------------------------------------------------------------------------------------------------
+# 3. Data and backbone: outcomes feed heads (a) and (b), pairs feed heads (c); prompts are tokenized here
+# ----------------------------------------------------------------------------------------------------
+def load_training_data(cfg: DifficultyConfig, accelerator) -> TrainingData:
     data = load_prepared(cfg.data.path)
     for split in (cfg.data.train_split, cfg.data.eval_split):
         if split and split not in data.outcomes and split not in data.pairs:
@@ -349,82 +335,69 @@ def main(argv: list[str] | None = None) -> dict:
     train_loader = build_train_loader(train_examples, cfg.run.micro_batch_size, cfg.run.seed, collate_fn=collate)
     eval_loader = (build_eval_loader(eval_examples, cfg.run.micro_batch_size, collate_fn=collate)
                    if eval_examples is not None and len(eval_examples) else None)
+    return TrainingData(data=data, model_pool=model_pool, use_candidates=use_candidates, use_difficulty=use_difficulty,
+                        use_win=use_win, reference=reference, candidates=candidates, backbone=backbone,
+                        tokenizer=tokenizer, backbone_info=backbone_info, train_examples=train_examples,
+                        eval_examples=eval_examples, train_loader=train_loader, eval_loader=eval_loader)
 
-    # ------------------------------------------------------------------------------------------------
-    # 4. Model: backbone (+ LoRA) -> pooling -> heads sized by the data
-    # ------------------------------------------------------------------------------------------------
-    head_spec = HeadSpec(hidden_size=int(backbone.config.hidden_size), num_candidates=len(candidates),
-                         difficulty=use_difficulty, num_models=len(model_pool) if use_win else 0,
+
+# ----------------------------------------------------------------------------------------------------
+# 4. Model: backbone (+ LoRA) -> pooling -> heads sized by the data
+# ----------------------------------------------------------------------------------------------------
+def build_router(cfg: DifficultyConfig, td: TrainingData) -> tuple[DifficultyRouter, HeadSpec, int]:
+    """(router, its head spec, the number of parameters frozen because no loss reaches them)."""
+    head_spec = HeadSpec(hidden_size=int(td.backbone.config.hidden_size), num_candidates=len(td.candidates),
+                         difficulty=td.use_difficulty, num_models=len(td.model_pool) if td.use_win else 0,
                          dropout=cfg.model.head_dropout)
-    lora = cfg.model.lora
-    router = assemble_router(cfg, backbone, backbone_info, head_spec)
-    frozen_unused = freeze_unused_parameters(router, collate([train_examples[i] for i in range(
-        min(2, len(train_examples)))]))
+    router = assemble_router(cfg, td.backbone, td.backbone_info, head_spec)
+    frozen_unused = freeze_unused_parameters(router, collate_examples(td.tokenizer.pad_token_id)(
+        [td.train_examples[i] for i in range(min(2, len(td.train_examples)))]))
+    return router, head_spec, frozen_unused
+
+
+# ----------------------------------------------------------------------------------------------------
+# 5-7. Optimizer and LR schedule, resume, training loop
+# ----------------------------------------------------------------------------------------------------
+def fit(ctx: RunContext, router: DifficultyRouter, td: TrainingData) -> tuple[LoopOutcome, object | None]:
+    """The loop's outcome and the prepared evaluation loader (None: no evaluation split)."""
+    cfg: DifficultyConfig = ctx.cfg
+    accelerator = ctx.accelerator
     loss_weights = LossWeights(cfg.loss.candidate_weight, cfg.loss.difficulty_weight, cfg.loss.win_weight)
 
-    # ------------------------------------------------------------------------------------------------
     # 5. Optimizer and LR schedule (in optimizer steps)
-    # ------------------------------------------------------------------------------------------------
     trainable = [p for p in router.parameters() if p.requires_grad]
     optimizer = build_optimizer(trainable, cfg.optim)
     seed_for_training(cfg.run.seed, accelerator)
-    router, optimizer, train_loader = accelerator.prepare(router, optimizer, train_loader)
-    if eval_loader is not None:
-        eval_loader = accelerator.prepare(eval_loader)
+    router, optimizer, train_loader = accelerator.prepare(router, optimizer, td.train_loader)
+    eval_loader = accelerator.prepare(td.eval_loader) if td.eval_loader is not None else None
     batches_per_epoch = len(train_loader)  # per process
-    steps_per_epoch = math.ceil(batches_per_epoch / cfg.run.gradient_accumulation_steps)
-    total_optimizer_steps = cfg.run.epochs * steps_per_epoch
-    if cfg.run.max_optimizer_steps is not None:
-        total_optimizer_steps = min(total_optimizer_steps, cfg.run.max_optimizer_steps)
+    steps_per_epoch, total_optimizer_steps = optimizer_steps_for(cfg.run, batches_per_epoch)
     scheduler = accelerator.prepare(build_lr_scheduler(optimizer, cfg.optim, total_optimizer_steps))
     # Early stopping / keep-best: the routing metric (which model of a pair is better: win-head accuracy) when
     # the win heads are trained, else the candidate heads' validation loss, else the difficulty MSE.
-    eval_metrics = (["win_loss", "win_accuracy"] if use_win else []) + (
-        ["candidates_loss", "candidates_mae"] if use_candidates else []) + (["difficulty_mse"] if use_difficulty else [])
-    stop_metric = (early_stopping.resolve_metric(cfg.run.early_stopping_metric, eval_metrics[1] if use_win
+    eval_metrics = (["win_loss", "win_accuracy"] if td.use_win else []) + (
+        ["candidates_loss", "candidates_mae"] if td.use_candidates else []) + (
+        ["difficulty_mse"] if td.use_difficulty else [])
+    stop_metric = (early_stopping.resolve_metric(cfg.run.early_stopping_metric, eval_metrics[1] if td.use_win
                                                  else eval_metrics[0], eval_metrics, RECIPE)
                    if eval_loader is not None else None)
     announce_plan(accelerator, RECIPE, total_optimizer_steps=total_optimizer_steps, steps_per_epoch=steps_per_epoch,
                   epochs=cfg.run.epochs, warmup_steps=warmup_steps_for(cfg.optim, total_optimizer_steps),
                   early_stopping=bool(cfg.run.early_stopping_patience_evals and stop_metric))
 
-    # ------------------------------------------------------------------------------------------------
-    # 6. Resume: model, optimizer, scheduler, every process's RNG, dataloader position, step counters
-    # ------------------------------------------------------------------------------------------------
-    optimizer_step, epoch, batches_done, state = 0, 0, 0, None
-    if resume_from is not None:
-        checkpointing.check_resume_compatible(
-            resumed_state, recipe=RECIPE, world_size=accelerator.num_processes,
-            micro_batch_size=cfg.run.micro_batch_size, gradient_accumulation_steps=cfg.run.gradient_accumulation_steps,
-            data_fingerprint=data.fingerprint, where=resume_from)
-        state = checkpointing.load_checkpoint(accelerator, resume_from)
-        optimizer_step = state.optimizer_step
-        epoch, batches_done = normalize_position(state.epoch, state.batches_done_in_epoch, batches_per_epoch)
-        accelerator.print(f"resumed from {resume_from} (optimizer step {optimizer_step}, epoch {epoch}, "
-                          f"micro-batch {batches_done})")
+    # 6. Resume: model, optimizer, scheduler, every process's RNG, dataloader position, counters, best weights
+    position, state = ctx.resume(td.data.fingerprint, batches_per_epoch)
+    optimizer_step, epoch, batches_done = position.optimizer_step, position.epoch, position.batches_done_in_epoch
     guard = nan_guard.guard_for_run(cfg.run.max_consecutive_nonfinite_steps, state)
-    stopper = (early_stopping.EarlyStopping.resumed(state.early_stopping if state else None, stop_metric,
-                                                    cfg.run.early_stopping_patience_evals,
-                                                    cfg.run.early_stopping_min_delta)
-               if stop_metric and cfg.run.eval_every_optimizer_steps else None)
-    best_state = early_stopping.load_best_weights(resume_from) if resume_from is not None else None
-
-    def trainer_state() -> checkpointing.TrainerState:
-        return checkpointing.TrainerState(
-            recipe=RECIPE, optimizer_step=optimizer_step, epoch=epoch, batches_done_in_epoch=batches_done,
-            world_size=accelerator.num_processes, micro_batch_size=cfg.run.micro_batch_size,
-            gradient_accumulation_steps=cfg.run.gradient_accumulation_steps, data_fingerprint=data.fingerprint,
-            tracking_run_id=tracking_run_id, seed=cfg.run.seed, skipped_nonfinite_steps=guard.skipped_steps,
-            consecutive_nonfinite_steps=guard.consecutive_skipped_steps,
-            early_stopping=stopper.to_dict() if stopper else None)
+    stopper = ctx.early_stopper(stop_metric, state)
+    best_state = early_stopping.load_best_weights(ctx.resume_from) if ctx.resume_from is not None else None
 
     def save_step_checkpoint() -> Path:
-        return checkpointing.save_checkpoint(accelerator, run_dir, trainer_state(), keep_last=cfg.checkpoint.keep_last,
-                                             extra_files=lambda d: early_stopping.save_best_weights(best_state, d))
+        return ctx.save_checkpoint(ctx.trainer_state(Position(optimizer_step, epoch, batches_done),
+                                                     td.data.fingerprint, guard, stopper),
+                                   extra_files=lambda d: early_stopping.save_best_weights(best_state, d))
 
-    # ------------------------------------------------------------------------------------------------
     # 7. Training loop
-    # ------------------------------------------------------------------------------------------------
     unwrapped = accelerator.unwrap_model(router)
     progress = tqdm(total=total_optimizer_steps, initial=optimizer_step, desc=RECIPE, unit="step",
                     disable=not (accelerator.is_main_process and cfg.run.progress_bar))
@@ -490,38 +463,35 @@ def main(argv: list[str] | None = None) -> dict:
                     best_state = early_stopping.cpu_copy(full_state_dict(accelerator, router) if is_fsdp(accelerator)
                                                          else unwrapped.state_dict())
                 if stopper.stopped_early:
-                    accelerator.print(f"{RECIPE}: early stop at optimizer step {optimizer_step}: validation "
-                                      f"{stop_metric} has not improved for {stopper.evaluations_since_best} "
-                                      f"evaluations (best {stopper.best_value:.4f} at step "
-                                      f"{stopper.best_optimizer_step})", flush=True)
-            if cfg.checkpoint.every_optimizer_steps and optimizer_step % cfg.checkpoint.every_optimizer_steps == 0:
-                save_step_checkpoint()
-            faults.maybe_hang(run_dir, optimizer_step, accelerator.process_index)
-            if nan_guard.must_stop(guard):  # diverged: keep the last good weights and stop with exit status 3
-                saved = save_step_checkpoint()
-                progress.close()
-                finish_tracking(accelerator)
-                raise nan_guard.stop_error(guard, optimizer_step, saved)
+                    accelerator.print(stopper.stop_message(RECIPE, optimizer_step), flush=True)
+            # Every N steps a checkpoint; NaN/Inf too many steps in a row: a last checkpoint, exit status 3.
+            ctx.end_optimizer_step(optimizer_step, guard, save_step_checkpoint, progress)
             if optimizer_step >= total_optimizer_steps or (stopper and stopper.stopped_early):
                 break
         else:
             epoch, batches_done = epoch + 1, 0
     progress.close()
     loop_seconds = time.perf_counter() - loop_started
-    total_samples = int(accelerator.reduce(torch.tensor(samples_seen, device=accelerator.device),
-                                           reduction="sum").item())
+    return LoopOutcome(model=router, optimizer_step=optimizer_step, total_optimizer_steps=total_optimizer_steps,
+                       steps_per_epoch=steps_per_epoch, last_train_loss=last_train_loss, history=history,
+                       skipped_nonfinite_steps=guard.skipped_steps, throughput=ctx.throughput(samples_seen, loop_seconds),
+                       eval_history=eval_history, stopper=stopper, best_state=best_state), eval_loader
 
-    # ------------------------------------------------------------------------------------------------
-    # 8. Final evaluation, cross-process weight check, export (main process only)
-    # ------------------------------------------------------------------------------------------------
+
+# ----------------------------------------------------------------------------------------------------
+# 8. Final evaluation, cross-process weight check, export (main process only)
+# ----------------------------------------------------------------------------------------------------
+def evaluate_and_export(ctx: RunContext, trained: LoopOutcome, eval_loader, td: TrainingData, head_spec: HeadSpec,
+                        frozen_unused: int) -> dict:
+    cfg: DifficultyConfig = ctx.cfg
+    accelerator = ctx.accelerator
+    router, stopper, best_state, eval_history = trained.model, trained.stopper, trained.best_state, trained.eval_history
+    unwrapped = accelerator.unwrap_model(router)
     accelerator.wait_for_everyone()
     last_step_eval = evaluate(accelerator, unwrapped, eval_loader) if eval_loader is not None else {}
     if last_step_eval:
-        accelerator.log({f"eval/{k}": v for k, v in last_step_eval.items()}, step=optimizer_step)
-    digests = parameter_digests(accelerator, router)
-    if len(set(digests)) != 1:
-        raise RuntimeError(f"processes ended with different weights (sha256 per process: {digests}); "
-                           f"data-parallel training went out of sync.")
+        accelerator.log({f"eval/{k}": v for k, v in last_step_eval.items()}, step=trained.optimizer_step)
+    digests = agreed_parameter_digests(accelerator, router)
     # Under FSDP2 no process holds the whole router: gather it to the main process (a collective: every process
     # calls it), which loads it into a plain copy built like section 4's and exports that (launch/README.md note 4).
     full_state = full_state_dict(accelerator, router) if is_fsdp(accelerator) else None
@@ -538,52 +508,58 @@ def main(argv: list[str] | None = None) -> dict:
         final_eval = {k: v for k, v in final_eval.items() if k != "optimizer_step"}
     stopping = {**stopper.to_dict(), "exported": exported, "last_step_metrics": last_step_eval,
                 "eval_history": eval_history} if stopper else None
-    export_dir = export_dir_for(cfg.run, cfg.export, RECIPE)
-    throughput = {"train_samples": total_samples, "train_loop_seconds": loop_seconds,
-                  "train_samples_per_second": total_samples / loop_seconds if loop_seconds > 0 else float("nan"),
-                  "peak_accelerator_memory_bytes": peak_accelerator_memory_bytes()}
-    result = {"export_dir": str(export_dir), "run_dir": str(run_dir), "optimizer_steps": optimizer_step,
-              "tracking": tracking.to_dict(), "metrics": final_eval, "throughput": throughput,
-              "skipped_nonfinite_steps": guard.skipped_steps, "early_stopping": stopping}
+    result = ctx.result(optimizer_steps=trained.optimizer_step, metrics=final_eval, throughput=trained.throughput,
+                        skipped_nonfinite_steps=trained.skipped_nonfinite_steps, early_stopping=stopping)
     if accelerator.is_main_process:
         if full_state is not None:
             unwrapped = plain_router_from_state(cfg, head_spec, full_state)
+        lora, data = cfg.model.lora, td.data
         router_config = {
-            "router_type": ROUTER_TYPE, "model_pool": model_pool, "heads": head_spec.to_dict(),
-            "candidates": [c.to_dict() for c in candidates], "reference_model": reference,
+            "router_type": ROUTER_TYPE, "model_pool": td.model_pool, "heads": head_spec.to_dict(),
+            "candidates": [c.to_dict() for c in td.candidates], "reference_model": td.reference,
             "tolerance": cfg.labels.tolerance, "pooling": cfg.model.pooling, "max_seq_tokens": cfg.model.max_seq_tokens,
-            "backbone": backbone_info.to_dict(),
+            "backbone": td.backbone_info.to_dict(),
             "lora": {"r": lora.r, "alpha": lora.alpha, "merged_into_backbone": True} if lora.enabled else None,
             "difficulty_target": "1 - mean over models of the model's mean score on the prompt",
             "win_probability": "sigmoid(strength[a] - strength[b]) (Bradley-Terry on the prompt)",
         }
-        manifest = build_manifest(
-            recipe=RECIPE, router_type=ROUTER_TYPE, resolved_config=resolved_config, model_pool=model_pool,
-            encoder=backbone_info.to_dict(), repo_dir=REPO_DIR, tracking=tracking.to_dict(),
-            data={"path": str(data.path), "name": data.manifest.get("name"), "version": data.manifest.get("version"),
-                  "fingerprint": data.fingerprint, "train": train_examples.stats,
-                  "eval": eval_examples.stats if eval_examples is not None else None},
-            training={**world_description(accelerator), "optimizer_steps": optimizer_step,
-                      "total_optimizer_steps": total_optimizer_steps, "epochs": cfg.run.epochs,
-                      "resumed_from": str(resume_from) if resume_from else None,
-                      "trainable_parameters": sum(p.numel() for p in unwrapped.parameters() if p.requires_grad),
-                      "frozen_unused_parameters": frozen_unused, "param_sha256_per_process": digests,
-                      "optimizer_steps_per_epoch": steps_per_epoch, "early_stopping": stopping,
-                      "loss_history": history, "skipped_nonfinite_steps": guard.skipped_steps, **throughput},
-            metrics={"train_loss": last_train_loss, **{f"{cfg.data.eval_split}_{k}": v for k, v in final_eval.items()}},
-        )
         # load_router's format: the heads and config.json are export_router's model.safetensors and config.json,
         # backbone/ and tokenizer/ go into the same atomic write.
-        export_router(export_dir, unwrapped.heads.state_dict(), router_config, manifest,
-                      extra_files=lambda directory: save_backbone_files(unwrapped, tokenizer, directory))
-        registered = register_run_export(cfg.export, export_dir, cfg.run.output_dir)
-        if registered is not None:
-            print(f"registered checkpoint: {registered}")
-        print(f"checkpoint: {export_dir}")
-        print(f"step checkpoints: {run_dir}")
-        print(tracking.describe(), flush=True)
-    finish_tracking(accelerator)
+        ctx.export(
+            unwrapped.heads.state_dict(), router_config, router_type=ROUTER_TYPE, model_pool=td.model_pool,
+            encoder=td.backbone_info.to_dict(), register=register_run_export,
+            data={**dataset_facts(data), "train": td.train_examples.stats,
+                  "eval": td.eval_examples.stats if td.eval_examples is not None else None},
+            training={"optimizer_steps": trained.optimizer_step, "total_optimizer_steps": trained.total_optimizer_steps,
+                      "epochs": cfg.run.epochs, "resumed_from": str(ctx.resume_from) if ctx.resume_from else None,
+                      "trainable_parameters": sum(p.numel() for p in unwrapped.parameters() if p.requires_grad),
+                      "frozen_unused_parameters": frozen_unused, "param_sha256_per_process": digests,
+                      "optimizer_steps_per_epoch": trained.steps_per_epoch, "early_stopping": stopping,
+                      "loss_history": trained.history, "skipped_nonfinite_steps": trained.skipped_nonfinite_steps,
+                      **trained.throughput},
+            metrics={"train_loss": trained.last_train_loss,
+                     **{f"{cfg.data.eval_split}_{k}": v for k, v in final_eval.items()}},
+            extra_files=lambda directory: save_backbone_files(unwrapped, td.tokenizer, directory))
+    ctx.finish()
     return result
+
+
+def main(argv: list[str] | None = None) -> dict:
+    # 1. Config
+    cfg = parse_recipe_args(DifficultyConfig, argv, description=__doc__.splitlines()[0])
+    # 2. accelerate, run directory, resume state, tracking
+    ctx = start_run(cfg, RECIPE, REPO_DIR)
+    if not ctx.accelerator.is_main_process:
+        transformers.utils.logging.disable_progress_bar()
+    seed_for_model_init(cfg.run.seed)
+    # 3. Data and backbone
+    td = load_training_data(cfg, ctx.accelerator)
+    # 4. Model
+    router, head_spec, frozen_unused = build_router(cfg, td)
+    # 5-7. Optimizer, resume, training loop
+    trained, eval_loader = fit(ctx, router, td)
+    # 8. Final evaluation and export
+    return evaluate_and_export(ctx, trained, eval_loader, td, head_spec, frozen_unused)
 
 
 if __name__ == "__main__":

@@ -35,19 +35,10 @@ import torch
 from routerforge.config import doc
 from routerforge.models.knn import WEIGHTINGS, KNNRouter, KNNSettings
 from routerforge.registry.register import register_run_export
-from routerforge.train.accelerator_setup import world_description
 from routerforge.train.entrypoint import run_recipe
-from routerforge.train.final_export import build_manifest, export_router
-from routerforge.train.fit_run import start_fit_run
-from routerforge.train.run_config import (
-    ExportConfig,
-    FitRunConfig,
-    TrackingConfig,
-    export_dir_for,
-    parse_recipe_args,
-)
+from routerforge.train.lifecycle import dataset_facts, start_run
+from routerforge.train.run_config import ExportConfig, FitRunConfig, TrackingConfig, parse_recipe_args
 from routerforge.train.score_tables import load_scored_prompts, mean_pair_apgr, selection_pairs
-from routerforge.train.tracking import finish_tracking
 
 RECIPE = "knn"
 REPO_DIR = Path(__file__).resolve().parents[1]
@@ -117,34 +108,19 @@ class KNNConfig:
     export: ExportConfig = doc("final export", default_factory=ExportConfig)
 
 
-def main(argv: list[str] | None = None) -> dict:
-    cfg = parse_recipe_args(KNNConfig, argv, description=__doc__.splitlines()[0])
-
-    # ------------------------------------------------------------------------------------------------
-    # 2. accelerate, run directory, tracking (the fit is deterministic: every process computes the same)
-    # ------------------------------------------------------------------------------------------------
-    started = start_fit_run(cfg, RECIPE)
-    run, run_dir, accelerator, tracking = started.run, started.run_dir, started.accelerator, started.tracking
-    resolved_config = started.resolved_config
-
-    # ------------------------------------------------------------------------------------------------
-    # 3. Data: a prompt x model score table per split, and the prompts' embeddings
-    # ------------------------------------------------------------------------------------------------
-    scored = load_scored_prompts(cfg.data.path, list(cfg.data.index_splits), cfg.data.models, cfg.data.pairs_as_outcomes,
-                                 "data.index_splits")
-    data, pool, index_ids, index_scores = scored.data, scored.pool, scored.prompt_ids, scored.scores
-
-    # ------------------------------------------------------------------------------------------------
-    # 4. Hyperparameters: grid search, leave-one-out over every indexed prompt: a kNN router predicts
-    #    each indexed prompt from the others for free, so the search scores thousands of held-out
-    #    predictions instead of the few hundred prompts of a validation split.
-    # ------------------------------------------------------------------------------------------------
-    router = KNNRouter(scored.embeddings, index_scores)
+# ----------------------------------------------------------------------------------------------------
+# 4. Hyperparameters: grid search, leave-one-out over every indexed prompt: a kNN router predicts each
+#    indexed prompt from the others for free, so the search scores thousands of held-out predictions
+#    instead of the few hundred prompts of a validation split.
+# ----------------------------------------------------------------------------------------------------
+def search_settings(cfg: KNNConfig, accelerator, router: KNNRouter, scored) -> tuple[KNNSettings, list[dict], list]:
+    """(chosen settings, one row per searched setting, the model pairs scored)."""
+    index_scores = scored.scores
     grid = [KNNSettings(k, alpha, weighting, cfg.select.temperature)
             for k, alpha, weighting in itertools.product(cfg.select.k, cfg.select.prior_strength, cfg.select.weighting)]
     search: list[dict] = []
     best = grid[0]
-    pairs = selection_pairs(index_scores, pool, cfg.select.strong, cfg.select.weak, cfg.select.min_pair_prompts,
+    pairs = selection_pairs(index_scores, scored.pool, cfg.select.strong, cfg.select.weak, cfg.select.min_pair_prompts,
                             cfg.select.min_quality_gap)
     if pairs and cfg.select.search:
         sims, idx = router.neighbours(router.embeddings, max(cfg.select.k), exclude_self=True)
@@ -155,7 +131,7 @@ def main(argv: list[str] | None = None) -> dict:
         finite = [(row["mean_pair_apgr"], -i) for i, row in enumerate(search) if np.isfinite(row["mean_pair_apgr"])]
         if finite:
             best = grid[-max(finite)[1]]
-        accelerator.print(f"[knn] searched {len(grid)} settings, leave-one-out on {len(index_ids)} prompts x "
+        accelerator.print(f"[knn] searched {len(grid)} settings, leave-one-out on {len(scored.prompt_ids)} prompts x "
                           f"{len(pairs)} pair(s): k={best.k}, prior_strength={best.prior_strength}, "
                           f"weighting={best.weighting} (mean APGR {max(finite)[0]:.3f})"
                           if finite else "[knn] no finite leave-one-out APGR; using the first grid values")
@@ -163,42 +139,43 @@ def main(argv: list[str] | None = None) -> dict:
         accelerator.print(f"[knn] no search (select.search=false, or no model pair with >= "
                           f"{cfg.select.min_pair_prompts} scored prompts): k={best.k}, "
                           f"prior_strength={best.prior_strength}, weighting={best.weighting}.")
+    return best, search, pairs
+
+
+def main(argv: list[str] | None = None) -> dict:
+    # 1. Config
+    cfg = parse_recipe_args(KNNConfig, argv, description=__doc__.splitlines()[0])
+    # 2. accelerate, run directory, tracking (the fit is deterministic: every process computes the same)
+    ctx = start_run(cfg, RECIPE, REPO_DIR, resumable=False)
+    # 3. Data: a prompt x model score table per split, and the prompts' embeddings
+    scored = load_scored_prompts(cfg.data.path, list(cfg.data.index_splits), cfg.data.models, cfg.data.pairs_as_outcomes,
+                                 "data.index_splits")
+    # 4. Hyperparameters by leave-one-out
+    router = KNNRouter(scored.embeddings, scored.scores)
+    best, search, pairs = search_settings(cfg, ctx.accelerator, router, scored)
     best_value = max((row["mean_pair_apgr"] for row in search if row["k"] == best.k
                       and row["prior_strength"] == best.prior_strength and row["weighting"] == best.weighting),
                      default=None)
-
-    # ------------------------------------------------------------------------------------------------
     # 5. Export (main process only)
-    # ------------------------------------------------------------------------------------------------
-    export_dir = export_dir_for(run, cfg.export, RECIPE)
     metrics = {"leave_one_out_mean_pair_apgr": best_value} if best_value is not None else {}
-    result = {"export_dir": str(export_dir), "run_dir": str(run_dir), "tracking": tracking.to_dict(),
-              "model_pool": pool, "settings": best.__dict__, "metrics": metrics}
-    if accelerator.is_main_process:
-        accelerator.log({f"select/{k}": v for k, v in metrics.items()}, step=0)
-        model_config = {"router_type": RECIPE, "model_pool": pool, "k": best.k,
-                        "prior_strength": best.prior_strength, "weighting": best.weighting,
-                        "temperature": best.temperature, "prompt_embedding_dim": router.prompt_embedding_dim,
-                        "indexed_prompts": len(index_ids), "encoder": data.encoder,
-                        "quality": "expected score in the data's units (neighbour mean, shrunk to the model's mean)"}
-        manifest = build_manifest(
-            recipe=RECIPE, router_type=RECIPE, resolved_config=resolved_config, model_pool=pool,
-            encoder=data.encoder, repo_dir=REPO_DIR, tracking=tracking.to_dict(),
-            data={"path": str(data.path), "name": data.manifest.get("name"), "version": data.manifest.get("version"),
-                  "fingerprint": data.fingerprint, "indexed_prompts": len(index_ids),
+    result = ctx.result(model_pool=scored.pool, settings=best.__dict__, metrics=metrics)
+    if ctx.accelerator.is_main_process:
+        data, pool = scored.data, scored.pool
+        ctx.accelerator.log({f"select/{k}": v for k, v in metrics.items()}, step=0)
+        ctx.export(
+            {key: torch.from_numpy(np.ascontiguousarray(value)) for key, value in router.state_dict().items()},
+            {"router_type": RECIPE, "model_pool": pool, "k": best.k, "prior_strength": best.prior_strength,
+             "weighting": best.weighting, "temperature": best.temperature,
+             "prompt_embedding_dim": router.prompt_embedding_dim, "indexed_prompts": len(scored.prompt_ids),
+             "encoder": data.encoder,
+             "quality": "expected score in the data's units (neighbour mean, shrunk to the model's mean)"},
+            model_pool=pool, encoder=data.encoder, register=register_run_export,
+            data={**dataset_facts(data), "indexed_prompts": len(scored.prompt_ids),
                   "index_splits": list(cfg.data.index_splits), **scored.counts},
-            training={**world_description(accelerator), "search": search, "selection_pairs": len(pairs),
-                      "chosen": best.__dict__, "train_samples": int((~np.isnan(index_scores)).sum())},
-            metrics=metrics,
-        )
-        export_router(export_dir, {key: torch.from_numpy(np.ascontiguousarray(value))
-                                   for key, value in router.state_dict().items()}, model_config, manifest)
-        registered = register_run_export(cfg.export, export_dir, run.output_dir)
-        if registered is not None:
-            print(f"registered checkpoint: {registered}")
-        print(f"checkpoint: {export_dir}")
-        print(tracking.describe(), flush=True)
-    finish_tracking(accelerator)
+            training={"search": search, "selection_pairs": len(pairs), "chosen": best.__dict__,
+                      "train_samples": int((~np.isnan(scored.scores)).sum())},
+            metrics=metrics)
+    ctx.finish()
     return result
 
 

@@ -31,19 +31,10 @@ import torch
 from routerforge.config import doc
 from routerforge.models.linear import LinearRouter
 from routerforge.registry.register import register_run_export
-from routerforge.train.accelerator_setup import world_description
 from routerforge.train.entrypoint import run_recipe
-from routerforge.train.final_export import build_manifest, export_router
-from routerforge.train.fit_run import start_fit_run
-from routerforge.train.run_config import (
-    ExportConfig,
-    FitRunConfig,
-    TrackingConfig,
-    export_dir_for,
-    parse_recipe_args,
-)
+from routerforge.train.lifecycle import dataset_facts, start_run
+from routerforge.train.run_config import ExportConfig, FitRunConfig, TrackingConfig, parse_recipe_args
 from routerforge.train.score_tables import load_scored_prompts, mean_pair_apgr, selection_pairs
-from routerforge.train.tracking import finish_tracking
 
 RECIPE = "linear"
 REPO_DIR = Path(__file__).resolve().parents[1]
@@ -101,28 +92,13 @@ class LinearConfig:
     export: ExportConfig = doc("final export", default_factory=ExportConfig)
 
 
-def main(argv: list[str] | None = None) -> dict:
-    cfg = parse_recipe_args(LinearConfig, argv, description=__doc__.splitlines()[0])
-
-    # ------------------------------------------------------------------------------------------------
-    # 2. accelerate, run directory, tracking (the fit is deterministic: every process computes the same)
-    # ------------------------------------------------------------------------------------------------
-    started = start_fit_run(cfg, RECIPE)
-    run, run_dir, accelerator, tracking = started.run, started.run_dir, started.accelerator, started.tracking
-    resolved_config = started.resolved_config
-
-    # ------------------------------------------------------------------------------------------------
-    # 3. Data: a prompt x model score table over the fit splits, and the prompts' embeddings
-    # ------------------------------------------------------------------------------------------------
-    scored = load_scored_prompts(cfg.data.path, list(cfg.data.fit_splits), cfg.data.models, cfg.data.pairs_as_outcomes,
-                                 "data.fit_splits")
-    data, pool, prompt_ids, scores = scored.data, scored.pool, scored.prompt_ids, scored.scores
-    embeddings = scored.embeddings.astype(np.float64)
-
-    # ------------------------------------------------------------------------------------------------
-    # 4. C by k-fold cross-validation on the routing metric (folds by prompt, seeded)
-    # ------------------------------------------------------------------------------------------------
-    pairs = selection_pairs(scores, pool, cfg.select.strong, cfg.select.weak, cfg.select.min_pair_prompts,
+# ----------------------------------------------------------------------------------------------------
+# 4. C by k-fold cross-validation on the routing metric (folds by prompt, seeded)
+# ----------------------------------------------------------------------------------------------------
+def choose_inverse_l2(cfg: LinearConfig, accelerator, scored, embeddings: np.ndarray) -> tuple[float, list[dict], list]:
+    """(chosen C, one row per C tried, the model pairs scored)."""
+    scores, prompt_ids = scored.scores, scored.prompt_ids
+    pairs = selection_pairs(scores, scored.pool, cfg.select.strong, cfg.select.weak, cfg.select.min_pair_prompts,
                             cfg.select.min_quality_gap)
     search: list[dict] = []
     best_c = cfg.select.inverse_l2[0]
@@ -144,39 +120,40 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         accelerator.print(f"[linear] no search (select.folds < 2, too few prompts, or no model pair with >= "
                           f"{cfg.select.min_pair_prompts} scored prompts): C={best_c}.")
+    return best_c, search, pairs
 
-    # ------------------------------------------------------------------------------------------------
+
+def main(argv: list[str] | None = None) -> dict:
+    # 1. Config
+    cfg = parse_recipe_args(LinearConfig, argv, description=__doc__.splitlines()[0])
+    # 2. accelerate, run directory, tracking (the fit is deterministic: every process computes the same)
+    ctx = start_run(cfg, RECIPE, REPO_DIR, resumable=False)
+    # 3. Data: a prompt x model score table over the fit splits, and the prompts' embeddings
+    scored = load_scored_prompts(cfg.data.path, list(cfg.data.fit_splits), cfg.data.models, cfg.data.pairs_as_outcomes,
+                                 "data.fit_splits")
+    embeddings = scored.embeddings.astype(np.float64)
+    # 4. C by cross-validation
+    best_c, search, pairs = choose_inverse_l2(cfg, ctx.accelerator, scored, embeddings)
     # 5. Final fit on every prompt of the fit splits, export (main process only)
-    # ------------------------------------------------------------------------------------------------
-    router = LinearRouter.fit(embeddings, scores, best_c)
+    router = LinearRouter.fit(embeddings, scored.scores, best_c)
     best_value = next((row["cv_mean_pair_apgr"] for row in search if row["inverse_l2"] == best_c), None)
     metrics = {"cv_mean_pair_apgr": best_value} if best_value is not None else {}
-    export_dir = export_dir_for(run, cfg.export, RECIPE)
-    result = {"export_dir": str(export_dir), "run_dir": str(run_dir), "tracking": tracking.to_dict(),
-              "model_pool": pool, "inverse_l2": best_c, "metrics": metrics}
-    if accelerator.is_main_process:
-        accelerator.log({f"select/{k}": v for k, v in metrics.items()}, step=0)
-        model_config = {"router_type": RECIPE, "model_pool": pool, "inverse_l2": best_c,
-                        "prompt_embedding_dim": router.prompt_embedding_dim, "encoder": data.encoder,
-                        "quality": "P(the model answers the prompt well), a logistic head per model"}
-        manifest = build_manifest(
-            recipe=RECIPE, router_type=RECIPE, resolved_config=resolved_config, model_pool=pool,
-            encoder=data.encoder, repo_dir=REPO_DIR, tracking=tracking.to_dict(),
-            data={"path": str(data.path), "name": data.manifest.get("name"), "version": data.manifest.get("version"),
-                  "fingerprint": data.fingerprint, "fit_prompts": len(prompt_ids),
+    result = ctx.result(model_pool=scored.pool, inverse_l2=best_c, metrics=metrics)
+    if ctx.accelerator.is_main_process:
+        data, pool = scored.data, scored.pool
+        ctx.accelerator.log({f"select/{k}": v for k, v in metrics.items()}, step=0)
+        ctx.export(
+            {key: torch.from_numpy(value) for key, value in router.state_dict().items()},
+            {"router_type": RECIPE, "model_pool": pool, "inverse_l2": best_c,
+             "prompt_embedding_dim": router.prompt_embedding_dim, "encoder": data.encoder,
+             "quality": "P(the model answers the prompt well), a logistic head per model"},
+            model_pool=pool, encoder=data.encoder, register=register_run_export,
+            data={**dataset_facts(data), "fit_prompts": len(scored.prompt_ids),
                   "fit_splits": list(cfg.data.fit_splits), **scored.counts},
-            training={**world_description(accelerator), "search": search, "selection_pairs": len(pairs),
-                      "inverse_l2": best_c, "train_samples": int((~np.isnan(scores)).sum())},
-            metrics=metrics,
-        )
-        export_router(export_dir, {key: torch.from_numpy(value) for key, value in router.state_dict().items()},
-                      model_config, manifest)
-        registered = register_run_export(cfg.export, export_dir, run.output_dir)
-        if registered is not None:
-            print(f"registered checkpoint: {registered}")
-        print(f"checkpoint: {export_dir}")
-        print(tracking.describe(), flush=True)
-    finish_tracking(accelerator)
+            training={"search": search, "selection_pairs": len(pairs), "inverse_l2": best_c,
+                      "train_samples": int((~np.isnan(scored.scores)).sum())},
+            metrics=metrics)
+    ctx.finish()
     return result
 
 

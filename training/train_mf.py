@@ -11,7 +11,8 @@ Model (Ong et al. 2024, RouteLLM, section 4.1): δ(m, q) = w · (v_m/‖v_m‖ �
 (RouteLLM) or trained toward 0.5 (`loss.ties=half`). The model pool is the dataset's (its manifest's
 `models`), in that order; any number of models.
 
-Reads top to bottom:
+Reads top to bottom (main() at the end calls the sections in order; routerforge/train/lifecycle.py holds the
+run's start, step checkpoints, NaN/Inf stop and export, shared by every recipe):
   1. config   2. accelerate, seeds, run dir, tracking   3. data   4. model   5. optimizer + schedule
   6. resume   7. training loop (log, evaluate, checkpoint)   8. final evaluation and export (main process)
 
@@ -24,35 +25,27 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from accelerate.utils import broadcast_object_list
 from tqdm.auto import tqdm
 
-from routerforge.config import config_to_dict, doc
-from routerforge.data.dataset_io import load_prepared
+from routerforge.config import doc
+from routerforge.data.dataset_io import PreparedDataset, load_prepared
 from routerforge.data.pair_tensors import TIE_RULES, PairTensors, pairs_to_tensors, prompt_embedding_matrix
 from routerforge.errors import CheckpointError, DataError
+from routerforge.io.names import CONFIG_FILE
 from routerforge.io.safetensors_file import load_export_weights
 from routerforge.models.mf import MFModel, extend_model_pool, freeze_all_but_new_models, new_model_l2_penalty
 from routerforge.registry.register import register_run_export
-from routerforge.train import checkpointing, early_stopping, faults, nan_guard
-from routerforge.train.accelerator_setup import (
-    build_accelerator,
-    peak_accelerator_memory_bytes,
-    seed_for_model_init,
-    seed_for_training,
-    world_description,
-)
-from routerforge.train.consistency import parameter_digests, refuse_sharded_weights
-from routerforge.train.data_loading import normalize_position
+from routerforge.train import early_stopping, nan_guard
+from routerforge.train.accelerator_setup import seed_for_model_init, seed_for_training
+from routerforge.train.consistency import agreed_parameter_digests, refuse_sharded_weights
 from routerforge.train.entrypoint import run_recipe
-from routerforge.train.final_export import CONFIG_FILE, build_manifest, export_router
+from routerforge.train.lifecycle import LoopOutcome, Position, RunContext, dataset_facts, start_run
 from routerforge.train.optimization import build_lr_scheduler, build_optimizer, warmup_steps_for
 from routerforge.train.run_config import (
     RESUME_HELP,
@@ -61,13 +54,10 @@ from routerforge.train.run_config import (
     OptimConfig,
     RunConfig,
     TrackingConfig,
-    export_dir_for,
     parse_recipe_args,
-    run_dir_for,
 )
-from routerforge.train.run_plan import EtaReporter, announce_plan
+from routerforge.train.run_plan import EtaReporter, announce_plan, optimizer_steps_for
 from routerforge.train.tensor_batches import TensorBatches
-from routerforge.train.tracking import finish_tracking, new_run_id, start_tracking
 
 RECIPE = "mf"
 REPO_DIR = Path(__file__).resolve().parents[1]
@@ -187,38 +177,42 @@ def evaluate(model: MFModel, pairs: PairTensors, prompt_embeddings: torch.Tensor
             "pairs": len(pairs)}
 
 
-def main(argv: list[str] | None = None) -> dict:
-    cfg = parse_recipe_args(MFConfig, argv, description=__doc__.splitlines()[0])
-
-    # ------------------------------------------------------------------------------------------------
-    # 2. accelerate, seeds, run directory, tracking
-    # ------------------------------------------------------------------------------------------------
-    run_dir = run_dir_for(cfg.run, RECIPE)
-    accelerator = build_accelerator(cfg.run, cfg.tracking, run_dir)
-    refuse_sharded_weights(accelerator, RECIPE)  # FSDP / ZeRO-3: use DDP for a model this small
-    resume_from = checkpointing.resolve_resume(cfg.resume, run_dir)
-    resumed_state = checkpointing.TrainerState.read(resume_from) if resume_from else None
-    # One tracking run id per training run: a resumed run continues the one stored in its checkpoint.
-    run_id_box = [resumed_state.tracking_run_id if resumed_state and resumed_state.tracking_run_id else new_run_id()]
-    broadcast_object_list(run_id_box)
-    tracking_run_id = run_id_box[0]
-    resolved_config = config_to_dict(cfg)
-    tracking = start_tracking(accelerator, cfg.tracking, run_dir, cfg.run.name, tracking_run_id, resolved_config)
-    seed_for_model_init(cfg.run.seed)
-
-    # ------------------------------------------------------------------------------------------------
-    # 3. Data: pairs -> (model_a, model_b, prompt row, target, weight); prompt embeddings stay one matrix
-    # ------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------
+# 3. Data: pairs -> (model_a, model_b, prompt row, target, weight); prompt embeddings stay one matrix
+# ----------------------------------------------------------------------------------------------------
+def load_data(cfg: MFConfig) -> tuple[PreparedDataset, dict, torch.Tensor]:
+    """The prepared dataset, prompt id -> row of the embedding matrix, and the matrix."""
     data = load_prepared(cfg.data.path)
     for split in (cfg.data.train_split, cfg.data.eval_split):
         if split and split not in data.pairs:
             raise DataError(f"{data.path}: no pairs split '{split}' (has {', '.join(data.pairs)}); "
                             f"set data.train_split / data.eval_split.")
     prompt_row, prompt_embeddings = prompt_embedding_matrix(data)
+    return data, prompt_row, prompt_embeddings
 
-    # ------------------------------------------------------------------------------------------------
-    # 4. Model: the pool comes from the data (and, when extending a router, from that router first)
-    # ------------------------------------------------------------------------------------------------
+
+def split_pairs(cfg: MFConfig, data: PreparedDataset, model_pool: list[str],
+                prompt_row: dict) -> tuple[PairTensors, PairTensors | None]:
+    """The training pairs and the evaluation pairs (None: no eval split, or an empty one) as tensors."""
+    model_index = {name: i for i, name in enumerate(model_pool)}
+
+    def tensors(split: str) -> PairTensors:
+        return pairs_to_tensors(data.pairs[split], model_index, prompt_row, cfg.loss.ties, cfg.loss.use_source_weights,
+                                where=f"{data.path} pairs/{split}")
+
+    train_pairs = tensors(cfg.data.train_split)
+    if len(train_pairs) == 0:
+        raise DataError(f"{data.path}: no trainable pairs in split '{cfg.data.train_split}' "
+                        f"(dropped: {train_pairs.dropped}); check loss.ties and the data.")
+    eval_pairs = tensors(cfg.data.eval_split) if cfg.data.eval_split else None
+    return train_pairs, (eval_pairs if eval_pairs is not None and len(eval_pairs) else None)
+
+
+# ----------------------------------------------------------------------------------------------------
+# 4. Model: the pool comes from the data (and, when extending a router, from that router first)
+# ----------------------------------------------------------------------------------------------------
+def build_model(cfg: MFConfig, data: PreparedDataset) -> tuple[MFModel, list[str], int]:
+    """(model, model pool, number of frozen models: the base router's, with init.train_only_new_models)."""
     if cfg.init.from_export:
         model, base_pool = load_base_router(Path(cfg.init.from_export), data.encoder)
         new_models = [m for m in data.models if m not in base_pool]
@@ -237,18 +231,16 @@ def main(argv: list[str] | None = None) -> dict:
     num_frozen_models = len(base_pool) if cfg.init.train_only_new_models else 0
     if num_frozen_models:
         freeze_all_but_new_models(model, num_frozen_models)
-    model_index = {name: i for i, name in enumerate(model_pool)}
+    return model, model_pool, num_frozen_models
 
-    train_pairs = pairs_to_tensors(data.pairs[cfg.data.train_split], model_index, prompt_row, cfg.loss.ties,
-                                   cfg.loss.use_source_weights, where=f"{data.path} pairs/{cfg.data.train_split}")
-    if len(train_pairs) == 0:
-        raise DataError(f"{data.path}: no trainable pairs in split '{cfg.data.train_split}' "
-                        f"(dropped: {train_pairs.dropped}); check loss.ties and the data.")
-    eval_pairs = (pairs_to_tensors(data.pairs[cfg.data.eval_split], model_index, prompt_row, cfg.loss.ties,
-                                   cfg.loss.use_source_weights, where=f"{data.path} pairs/{cfg.data.eval_split}")
-                  if cfg.data.eval_split else None)
-    if eval_pairs is not None and not len(eval_pairs):
-        eval_pairs = None
+
+# ----------------------------------------------------------------------------------------------------
+# 5-7. Optimizer and LR schedule, resume, training loop
+# ----------------------------------------------------------------------------------------------------
+def fit(ctx: RunContext, model: MFModel, train_pairs: PairTensors, eval_pairs: PairTensors | None,
+        prompt_embeddings: torch.Tensor, data_fingerprint: str, num_frozen_models: int) -> LoopOutcome:
+    cfg: MFConfig = ctx.cfg
+    accelerator = ctx.accelerator
     # Early stopping / keep-best: the routing metric (which of two models is better: accuracy on decisive
     # pairs) where the split has decisive pairs, else the validation loss.
     has_decisive = eval_pairs is not None and bool((eval_pairs.target != 0.5).any())
@@ -257,9 +249,7 @@ def main(argv: list[str] | None = None) -> dict:
                                                  ["loss", "accuracy"] if has_decisive else ["loss"], RECIPE)
                    if eval_pairs is not None else None)
 
-    # ------------------------------------------------------------------------------------------------
     # 5. Optimizer and LR schedule (in optimizer steps)
-    # ------------------------------------------------------------------------------------------------
     trainable = [p for p in model.parameters() if p.requires_grad]
     # Frozen rows must get no weight decay from the optimizer: decay the new rows through the loss instead.
     optimizer = build_optimizer(trainable, cfg.optim, weight_decay=0.0 if num_frozen_models else None)
@@ -274,52 +264,25 @@ def main(argv: list[str] | None = None) -> dict:
         cfg.run.micro_batch_size, cfg.run.seed, accelerator.process_index, accelerator.num_processes)
     batches_per_epoch = len(train_batches)  # per process
     accumulation = cfg.run.gradient_accumulation_steps
-    steps_per_epoch = math.ceil(batches_per_epoch / accumulation)
-    total_optimizer_steps = cfg.run.epochs * steps_per_epoch
-    if cfg.run.max_optimizer_steps is not None:
-        total_optimizer_steps = min(total_optimizer_steps, cfg.run.max_optimizer_steps)
+    steps_per_epoch, total_optimizer_steps = optimizer_steps_for(cfg.run, batches_per_epoch)
     scheduler = accelerator.prepare(build_lr_scheduler(optimizer, cfg.optim, total_optimizer_steps))
     announce_plan(accelerator, RECIPE, total_optimizer_steps=total_optimizer_steps, steps_per_epoch=steps_per_epoch,
                   epochs=cfg.run.epochs, warmup_steps=warmup_steps_for(cfg.optim, total_optimizer_steps),
                   early_stopping=bool(cfg.run.early_stopping_patience_evals and stop_metric))
 
-    # ------------------------------------------------------------------------------------------------
-    # 6. Resume: model, optimizer, scheduler, every process's RNG, dataloader position, step counters
-    # ------------------------------------------------------------------------------------------------
-    optimizer_step, epoch, batches_done, state = 0, 0, 0, None
-    if resume_from is not None:
-        checkpointing.check_resume_compatible(
-            resumed_state, recipe=RECIPE, world_size=accelerator.num_processes,
-            micro_batch_size=cfg.run.micro_batch_size, gradient_accumulation_steps=cfg.run.gradient_accumulation_steps,
-            data_fingerprint=data.fingerprint, where=resume_from)
-        state = checkpointing.load_checkpoint(accelerator, resume_from)
-        optimizer_step = state.optimizer_step
-        epoch, batches_done = normalize_position(state.epoch, state.batches_done_in_epoch, batches_per_epoch)
-        accelerator.print(f"resumed from {resume_from} (optimizer step {optimizer_step}, epoch {epoch}, "
-                          f"micro-batch {batches_done})")
+    # 6. Resume: model, optimizer, scheduler, every process's RNG, position, counters, best weights so far
+    position, state = ctx.resume(data_fingerprint, batches_per_epoch)
+    optimizer_step, epoch, batches_done = position.optimizer_step, position.epoch, position.batches_done_in_epoch
     guard = nan_guard.guard_for_run(cfg.run.max_consecutive_nonfinite_steps, state)
-    stopper = (early_stopping.EarlyStopping.resumed(state.early_stopping if state else None, stop_metric,
-                                                    cfg.run.early_stopping_patience_evals,
-                                                    cfg.run.early_stopping_min_delta)
-               if stop_metric and cfg.run.eval_every_optimizer_steps else None)
-    best_state = early_stopping.load_best_weights(resume_from) if resume_from is not None else None
-
-    def trainer_state() -> checkpointing.TrainerState:
-        return checkpointing.TrainerState(
-            recipe=RECIPE, optimizer_step=optimizer_step, epoch=epoch, batches_done_in_epoch=batches_done,
-            world_size=accelerator.num_processes, micro_batch_size=cfg.run.micro_batch_size,
-            gradient_accumulation_steps=cfg.run.gradient_accumulation_steps, data_fingerprint=data.fingerprint,
-            tracking_run_id=tracking_run_id, seed=cfg.run.seed, skipped_nonfinite_steps=guard.skipped_steps,
-            consecutive_nonfinite_steps=guard.consecutive_skipped_steps,
-            early_stopping=stopper.to_dict() if stopper else None)
+    stopper = ctx.early_stopper(stop_metric, state)
+    best_state = early_stopping.load_best_weights(ctx.resume_from) if ctx.resume_from is not None else None
 
     def save_step_checkpoint() -> Path:
-        return checkpointing.save_checkpoint(accelerator, run_dir, trainer_state(), keep_last=cfg.checkpoint.keep_last,
-                                             extra_files=lambda d: early_stopping.save_best_weights(best_state, d))
+        return ctx.save_checkpoint(ctx.trainer_state(Position(optimizer_step, epoch, batches_done), data_fingerprint,
+                                                     guard, stopper),
+                                   extra_files=lambda d: early_stopping.save_best_weights(best_state, d))
 
-    # ------------------------------------------------------------------------------------------------
     # 7. Training loop
-    # ------------------------------------------------------------------------------------------------
     unwrapped = accelerator.unwrap_model(model)
     progress = tqdm(total=total_optimizer_steps, initial=optimizer_step, desc="mf", unit="step",
                     disable=not (accelerator.is_main_process and cfg.run.progress_bar))
@@ -381,80 +344,83 @@ def main(argv: list[str] | None = None) -> dict:
                 if stopper.update(metrics, optimizer_step) and cfg.run.keep_best:
                     best_state = early_stopping.cpu_copy(unwrapped.state_dict())
                 if stopper.stopped_early:
-                    accelerator.print(f"{RECIPE}: early stop at optimizer step {optimizer_step}: validation "
-                                      f"{stop_metric} has not improved for {stopper.evaluations_since_best} "
-                                      f"evaluations (best {stopper.best_value:.4f} at step "
-                                      f"{stopper.best_optimizer_step})", flush=True)
-            if cfg.checkpoint.every_optimizer_steps and optimizer_step % cfg.checkpoint.every_optimizer_steps == 0:
-                save_step_checkpoint()
-            faults.maybe_hang(run_dir, optimizer_step, accelerator.process_index)
-            if nan_guard.must_stop(guard):  # diverged: keep the last good weights and stop with exit status 3
-                saved = save_step_checkpoint()
-                progress.close()
-                finish_tracking(accelerator)
-                raise nan_guard.stop_error(guard, optimizer_step, saved)
+                    accelerator.print(stopper.stop_message(RECIPE, optimizer_step), flush=True)
+            # Every N steps a checkpoint; NaN/Inf too many steps in a row: a last checkpoint, exit status 3.
+            ctx.end_optimizer_step(optimizer_step, guard, save_step_checkpoint, progress)
             if optimizer_step >= total_optimizer_steps or (stopper and stopper.stopped_early):
                 break
         else:
             epoch, batches_done = epoch + 1, 0
     progress.close()
     loop_seconds = time.perf_counter() - loop_started
-    total_samples = int(accelerator.reduce(torch.tensor(samples_seen, device=accelerator.device),
-                                           reduction="sum").item())
+    return LoopOutcome(model=model, optimizer_step=optimizer_step, total_optimizer_steps=total_optimizer_steps,
+                   steps_per_epoch=steps_per_epoch, last_train_loss=last_train_loss, history=history,
+                   eval_history=eval_history, stopper=stopper, best_state=best_state,
+                   skipped_nonfinite_steps=guard.skipped_steps, throughput=ctx.throughput(samples_seen, loop_seconds))
 
-    # ------------------------------------------------------------------------------------------------
-    # 8. Final evaluation, cross-process weight check, export (main process only)
-    # ------------------------------------------------------------------------------------------------
+
+# ----------------------------------------------------------------------------------------------------
+# 8. Final evaluation, cross-process weight check, export (main process only)
+# ----------------------------------------------------------------------------------------------------
+def evaluate_and_export(ctx: RunContext, trained: LoopOutcome, data: PreparedDataset, model_pool: list[str],
+                        num_frozen_models: int, train_pairs: PairTensors, eval_pairs: PairTensors | None,
+                        prompt_embeddings: torch.Tensor) -> dict:
+    cfg: MFConfig = ctx.cfg
+    accelerator = ctx.accelerator
     accelerator.wait_for_everyone()
+    unwrapped = accelerator.unwrap_model(trained.model)
+    prompt_embeddings = prompt_embeddings.to(accelerator.device)
     last_step_eval = evaluate(unwrapped, eval_pairs, prompt_embeddings) if eval_pairs is not None else {}
     if last_step_eval:
-        accelerator.log({f"eval/{k}": v for k, v in last_step_eval.items()}, step=optimizer_step)
+        accelerator.log({f"eval/{k}": v for k, v in last_step_eval.items()}, step=trained.optimizer_step)
+    best_state, stopper = trained.best_state, trained.stopper
     export_state, final_eval = unwrapped.state_dict(), last_step_eval
     if best_state is not None and cfg.run.keep_best:  # the best evaluation's weights, not the last step's
         best_model = MFModel(len(model_pool), int(data.encoder["dim"]), unwrapped.config()["model_embedding_dim"],
                              unwrapped.config()["use_projection"]).to(accelerator.device)
         best_model.load_state_dict(best_state)
         export_state, final_eval = best_state, evaluate(best_model, eval_pairs, prompt_embeddings)
-    digests = parameter_digests(accelerator, model)
-    if len(set(digests)) != 1:
-        raise RuntimeError(f"processes ended with different weights (sha256 per process: {digests}); "
-                           f"data-parallel training went out of sync.")
-    export_dir = export_dir_for(cfg.run, cfg.export, RECIPE)
-    throughput = {"train_samples": total_samples, "train_loop_seconds": loop_seconds,
-                  "train_samples_per_second": total_samples / loop_seconds if loop_seconds > 0 else float("nan"),
-                  "peak_accelerator_memory_bytes": peak_accelerator_memory_bytes()}
+    digests = agreed_parameter_digests(accelerator, trained.model)
     stopping = {**stopper.to_dict(), "exported": "best" if export_state is best_state else "last",
-                "last_step_metrics": last_step_eval, "eval_history": eval_history} if stopper else None
-    result = {"export_dir": str(export_dir), "run_dir": str(run_dir), "optimizer_steps": optimizer_step,
-              "tracking": tracking.to_dict(), "metrics": final_eval, "throughput": throughput,
-              "skipped_nonfinite_steps": guard.skipped_steps, "early_stopping": stopping}
+                "last_step_metrics": last_step_eval, "eval_history": trained.eval_history} if stopper else None
+    result = ctx.result(optimizer_steps=trained.optimizer_step, metrics=final_eval, throughput=trained.throughput,
+                        skipped_nonfinite_steps=trained.skipped_nonfinite_steps, early_stopping=stopping)
     if accelerator.is_main_process:
-        model_config = {"router_type": RECIPE, "model_pool": model_pool, **unwrapped.config()}
-        manifest = build_manifest(
-            recipe=RECIPE, router_type=RECIPE, resolved_config=resolved_config, model_pool=model_pool,
-            encoder=data.encoder, repo_dir=REPO_DIR, tracking=tracking.to_dict(),
-            data={"path": str(data.path), "name": data.manifest.get("name"), "version": data.manifest.get("version"),
-                  "fingerprint": data.fingerprint, "train_pairs": len(train_pairs),
+        ctx.export(
+            export_state, {"router_type": RECIPE, "model_pool": model_pool, **unwrapped.config()},
+            model_pool=model_pool, encoder=data.encoder, register=register_run_export,
+            data={**dataset_facts(data), "train_pairs": len(train_pairs),
                   "train_pairs_dropped": train_pairs.dropped,
                   "eval_pairs": len(eval_pairs) if eval_pairs is not None else 0},
-            training={**world_description(accelerator), "optimizer_steps": optimizer_step,
-                      "total_optimizer_steps": total_optimizer_steps, "epochs": cfg.run.epochs,
-                      "optimizer_steps_per_epoch": steps_per_epoch,
-                      "resumed_from": str(resume_from) if resume_from else None,
+            training={"optimizer_steps": trained.optimizer_step, "total_optimizer_steps": trained.total_optimizer_steps,
+                      "epochs": cfg.run.epochs, "optimizer_steps_per_epoch": trained.steps_per_epoch,
+                      "resumed_from": str(ctx.resume_from) if ctx.resume_from else None,
                       "base_router": cfg.init.from_export, "frozen_models": model_pool[:num_frozen_models],
-                      "param_sha256_per_process": digests, "loss_history": history,
-                      "skipped_nonfinite_steps": guard.skipped_steps, "early_stopping": stopping, **throughput},
-            metrics={"train_loss": last_train_loss, **{f"{cfg.data.eval_split}_{k}": v for k, v in final_eval.items()}},
-        )
-        export_router(export_dir, export_state, model_config, manifest)
-        registered = register_run_export(cfg.export, export_dir, cfg.run.output_dir)
-        if registered is not None:
-            print(f"registered checkpoint: {registered}")
-        print(f"checkpoint: {export_dir}")
-        print(f"step checkpoints: {run_dir}")
-        print(tracking.describe(), flush=True)
-    finish_tracking(accelerator)
+                      "param_sha256_per_process": digests, "loss_history": trained.history,
+                      "skipped_nonfinite_steps": trained.skipped_nonfinite_steps, "early_stopping": stopping,
+                      **trained.throughput},
+            metrics={"train_loss": trained.last_train_loss,
+                     **{f"{cfg.data.eval_split}_{k}": v for k, v in final_eval.items()}})
+    ctx.finish()
     return result
+
+
+def main(argv: list[str] | None = None) -> dict:
+    # 1. Config
+    cfg = parse_recipe_args(MFConfig, argv, description=__doc__.splitlines()[0])
+    # 2. accelerate, run directory, resume state, tracking; FSDP / ZeRO-3 refused: use DDP for a model this small
+    ctx = start_run(cfg, RECIPE, REPO_DIR, check_accelerator=lambda accelerator: refuse_sharded_weights(
+        accelerator, RECIPE))
+    seed_for_model_init(cfg.run.seed)
+    # 3-4. Data, model, pairs as tensors
+    data, prompt_row, prompt_embeddings = load_data(cfg)
+    model, model_pool, num_frozen_models = build_model(cfg, data)
+    train_pairs, eval_pairs = split_pairs(cfg, data, model_pool, prompt_row)
+    # 5-7. Optimizer, resume, training loop
+    trained = fit(ctx, model, train_pairs, eval_pairs, prompt_embeddings, data.fingerprint, num_frozen_models)
+    # 8. Final evaluation and export
+    return evaluate_and_export(ctx, trained, data, model_pool, num_frozen_models, train_pairs, eval_pairs,
+                               prompt_embeddings)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,8 @@ routerforge/eval/uncertainty_baselines.py (mean token log-prob, MSP over options
 random) with AUROC, ECE, Brier and the routing curve (accuracy vs. share escalated to the strong model).
 When the stored LM is an encoder standing in for the LLM (the offline default, MiniLM), every output says so.
 
-Reads top to bottom:
+Reads top to bottom (main() at the end calls the sections in order; routerforge/train/lifecycle.py holds the
+run's start, step checkpoints, NaN/Inf stop and export, shared by every recipe):
   1. config   2. accelerate, seeds, run dir, tracking   3. data: outcomes + hidden states   4. model
   5. optimizer + schedule   6. resume   7. training loop (log, checkpoint)   8. selection, temperature,
   report, export (main process)
@@ -32,12 +33,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from accelerate.utils import broadcast_object_list
 from torch.utils.data import TensorDataset
 from tqdm.auto import tqdm
 
-from routerforge.config import config_to_dict, doc
-from routerforge.data.dataset_io import load_prepared
+from routerforge.config import doc
+from routerforge.data.dataset_io import PreparedDataset, load_prepared
 from routerforge.data.hidden_states import HiddenStatesConfig, load_hidden_states, store_dir_for
 from routerforge.errors import ConfigError, DataError
 from routerforge.eval.binary import binary_report
@@ -53,18 +53,16 @@ from routerforge.eval.uncertainty_baselines import (
 )
 from routerforge.models.probe import PROBE_KINDS, ROUTER_TYPE, ProbeBank, fit_temperature, standardization
 from routerforge.registry.register import register_run_export
-from routerforge.train import checkpointing, faults, nan_guard
+from routerforge.train import nan_guard
 from routerforge.train.accelerator_setup import (
-    build_accelerator,
     peak_accelerator_memory_bytes,
     seed_for_model_init,
     seed_for_training,
-    world_description,
 )
-from routerforge.train.consistency import parameter_digests, refuse_sharded_weights
-from routerforge.train.data_loading import batches_for_epoch, build_train_loader, normalize_position
+from routerforge.train.consistency import agreed_parameter_digests, refuse_sharded_weights
+from routerforge.train.data_loading import batches_for_epoch, build_train_loader
 from routerforge.train.entrypoint import run_recipe
-from routerforge.train.final_export import build_manifest, export_router
+from routerforge.train.lifecycle import LoopOutcome, Position, RunContext, dataset_facts, start_run
 from routerforge.train.optimization import build_lr_scheduler, build_optimizer, warmup_steps_for
 from routerforge.train.run_config import (
     RESUME_HELP,
@@ -73,12 +71,9 @@ from routerforge.train.run_config import (
     OptimConfig,
     RunConfig,
     TrackingConfig,
-    export_dir_for,
     parse_recipe_args,
-    run_dir_for,
 )
-from routerforge.train.run_plan import EtaReporter, announce_plan
-from routerforge.train.tracking import finish_tracking, new_run_id, start_tracking
+from routerforge.train.run_plan import EtaReporter, announce_plan, optimizer_steps_for
 
 RECIPE = "probe"
 REPO_DIR = Path(__file__).resolve().parents[1]
@@ -432,8 +427,26 @@ def build_report(store, chosen_name: str, temperature: float, probe_p: dict[str,
     return report
 
 
-def main(argv: list[str] | None = None) -> dict:
-    cfg = parse_recipe_args(ProbeConfig, argv, description=__doc__.splitlines()[0])
+@dataclass(frozen=True)
+class ProbeData:
+    """Section 3's result: outcome sets, the hidden-state store and the training features."""
+
+    data: PreparedDataset
+    train_set: object
+    select_set: object
+    report_sets: list
+    store_dir: Path
+    store: object
+    layers: list
+    poolings: list
+    select_rows: np.ndarray
+    report_rows: dict
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    data_fingerprint: str
+
+
+def check_config(cfg: ProbeConfig) -> None:
     if cfg.run.early_stopping_patience_evals or cfg.run.early_stopping_metric != "auto":
         raise ConfigError("run.early_stopping_* is not used by the probe recipe: it trains every (kind, layer, "
                           "pooling) candidate together and picks the best on data.select_split after training; "
@@ -442,24 +455,11 @@ def main(argv: list[str] | None = None) -> dict:
         raise ConfigError("optim.max_grad_norm must be 0 for probes: global clipping would couple the candidates "
                           "trained together in one ProbeBank.")
 
-    # ------------------------------------------------------------------------------------------------
-    # 2. accelerate, seeds, run directory, tracking
-    # ------------------------------------------------------------------------------------------------
-    run_dir = run_dir_for(cfg.run, RECIPE)
-    accelerator = build_accelerator(cfg.run, cfg.tracking, run_dir)
-    refuse_sharded_weights(accelerator, RECIPE)  # probes on stored hidden states: small, replicate them (DDP)
-    resume_from = checkpointing.resolve_resume(cfg.resume, run_dir)
-    resumed_state = checkpointing.TrainerState.read(resume_from) if resume_from else None
-    run_id_box = [resumed_state.tracking_run_id if resumed_state and resumed_state.tracking_run_id else new_run_id()]
-    broadcast_object_list(run_id_box)
-    tracking_run_id = run_id_box[0]
-    resolved_config = config_to_dict(cfg)
-    tracking = start_tracking(accelerator, cfg.tracking, run_dir, cfg.run.name, tracking_run_id, resolved_config)
-    seed_for_model_init(cfg.run.seed)
 
-    # ------------------------------------------------------------------------------------------------
-    # 3. Data: the weak model's outcomes per split + the stored hidden states of those prompts
-    # ------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------
+# 3. Data: the weak model's outcomes per split + the stored hidden states of those prompts
+# ----------------------------------------------------------------------------------------------------
+def load_probe_data(cfg: ProbeConfig) -> ProbeData:
     if not cfg.features.dataset:
         raise ConfigError("features.dataset must name a prepared dataset: the probes need outcomes (labels).")
     data = load_prepared(cfg.features.dataset)
@@ -473,65 +473,56 @@ def main(argv: list[str] | None = None) -> dict:
     train_rows = store.rows(train_set.prompt_ids, f" of split {train_set.name}")
     select_rows = store.rows(select_set.prompt_ids, f" of split {select_set.name}")
     report_rows = {rs.name: store.rows(rs.prompt_ids, f" of {rs.name}") for rs in report_sets}
-    train_x = feature_tensor(store, train_rows, layers, poolings)
-    train_y = torch.from_numpy(binarize_scores(train_set.weak, cfg.data.correct_threshold)).float()
-    data_fingerprint = f"{data.fingerprint}:{store.index['settings_fingerprint'][:16]}:{store.index['inputs_fingerprint'][:16]}"
+    return ProbeData(
+        data=data, train_set=train_set, select_set=select_set, report_sets=report_sets, store_dir=store_dir,
+        store=store, layers=layers, poolings=poolings, select_rows=select_rows, report_rows=report_rows,
+        train_x=feature_tensor(store, train_rows, layers, poolings),
+        train_y=torch.from_numpy(binarize_scores(train_set.weak, cfg.data.correct_threshold)).float(),
+        data_fingerprint=(f"{data.fingerprint}:{store.index['settings_fingerprint'][:16]}:"
+                          f"{store.index['inputs_fingerprint'][:16]}"))
 
-    # ------------------------------------------------------------------------------------------------
-    # 4. Model: every (kind, layer, pooling) candidate in one bank, standardised with train statistics
-    # ------------------------------------------------------------------------------------------------
-    bank = ProbeBank(len(layers), len(poolings), int(train_x.shape[-1]), list(cfg.probe.kinds),
+
+# ----------------------------------------------------------------------------------------------------
+# 4. Model: every (kind, layer, pooling) candidate in one bank, standardised with train statistics
+# ----------------------------------------------------------------------------------------------------
+def build_bank(cfg: ProbeConfig, pd: ProbeData) -> ProbeBank:
+    bank = ProbeBank(len(pd.layers), len(pd.poolings), int(pd.train_x.shape[-1]), list(cfg.probe.kinds),
                      cfg.probe.mlp_hidden_dim, cfg.probe.dropout)
-    bank.set_standardization(*standardization(train_x))
-    names = [c.name(layers, poolings) for c in bank.candidates]
-    train_loader = build_train_loader(TensorDataset(torch.arange(len(train_y)), train_y), cfg.run.micro_batch_size,
-                                      cfg.run.seed)
+    bank.set_standardization(*standardization(pd.train_x))
+    return bank
 
-    # ------------------------------------------------------------------------------------------------
+
+# ----------------------------------------------------------------------------------------------------
+# 5-7. Optimizer and LR schedule, resume, training loop: loss = sum over candidates of each one's mean BCE
+# ----------------------------------------------------------------------------------------------------
+def fit(ctx: RunContext, bank: ProbeBank, pd: ProbeData) -> LoopOutcome:
+    cfg: ProbeConfig = ctx.cfg
+    accelerator = ctx.accelerator
+    train_loader = build_train_loader(TensorDataset(torch.arange(len(pd.train_y)), pd.train_y),
+                                      cfg.run.micro_batch_size, cfg.run.seed)
+
     # 5. Optimizer and LR schedule (in optimizer steps)
-    # ------------------------------------------------------------------------------------------------
     optimizer = build_optimizer(bank.parameters(), cfg.optim)
     seed_for_training(cfg.run.seed, accelerator)
     model, optimizer, train_loader = accelerator.prepare(bank, optimizer, train_loader)
-    train_x = train_x.to(accelerator.device)
+    train_x = pd.train_x.to(accelerator.device)
     batches_per_epoch = len(train_loader)
-    steps_per_epoch = math.ceil(batches_per_epoch / cfg.run.gradient_accumulation_steps)
-    total_optimizer_steps = cfg.run.epochs * steps_per_epoch
-    if cfg.run.max_optimizer_steps is not None:
-        total_optimizer_steps = min(total_optimizer_steps, cfg.run.max_optimizer_steps)
+    steps_per_epoch, total_optimizer_steps = optimizer_steps_for(cfg.run, batches_per_epoch)
     scheduler = accelerator.prepare(build_lr_scheduler(optimizer, cfg.optim, total_optimizer_steps))
     announce_plan(accelerator, RECIPE, total_optimizer_steps=total_optimizer_steps, steps_per_epoch=steps_per_epoch,
                   epochs=cfg.run.epochs, warmup_steps=warmup_steps_for(cfg.optim, total_optimizer_steps),
                   early_stopping=False)
 
-    # ------------------------------------------------------------------------------------------------
     # 6. Resume
-    # ------------------------------------------------------------------------------------------------
-    optimizer_step, epoch, batches_done, state = 0, 0, 0, None
-    if resume_from is not None:
-        checkpointing.check_resume_compatible(
-            resumed_state, recipe=RECIPE, world_size=accelerator.num_processes,
-            micro_batch_size=cfg.run.micro_batch_size, gradient_accumulation_steps=cfg.run.gradient_accumulation_steps,
-            data_fingerprint=data_fingerprint, where=resume_from)
-        state = checkpointing.load_checkpoint(accelerator, resume_from)
-        optimizer_step = state.optimizer_step
-        epoch, batches_done = normalize_position(state.epoch, state.batches_done_in_epoch, batches_per_epoch)
-        accelerator.print(f"resumed from {resume_from} (optimizer step {optimizer_step}, epoch {epoch}, "
-                          f"micro-batch {batches_done})")
+    position, state = ctx.resume(pd.data_fingerprint, batches_per_epoch)
+    optimizer_step, epoch, batches_done = position.optimizer_step, position.epoch, position.batches_done_in_epoch
     guard = nan_guard.guard_for_run(cfg.run.max_consecutive_nonfinite_steps, state)
 
-    def trainer_state() -> checkpointing.TrainerState:
-        return checkpointing.TrainerState(
-            recipe=RECIPE, optimizer_step=optimizer_step, epoch=epoch, batches_done_in_epoch=batches_done,
-            world_size=accelerator.num_processes, micro_batch_size=cfg.run.micro_batch_size,
-            gradient_accumulation_steps=cfg.run.gradient_accumulation_steps, data_fingerprint=data_fingerprint,
-            tracking_run_id=tracking_run_id, seed=cfg.run.seed, skipped_nonfinite_steps=guard.skipped_steps,
-            consecutive_nonfinite_steps=guard.consecutive_skipped_steps)
+    def save_step_checkpoint() -> Path:
+        return ctx.save_checkpoint(ctx.trainer_state(Position(optimizer_step, epoch, batches_done),
+                                                     pd.data_fingerprint, guard))
 
-    # ------------------------------------------------------------------------------------------------
-    # 7. Training loop: loss = sum over candidates of each one's mean BCE (independent candidates)
-    # ------------------------------------------------------------------------------------------------
-    unwrapped = accelerator.unwrap_model(model)
+    # 7. Training loop
     progress = tqdm(total=total_optimizer_steps, initial=optimizer_step, desc="probe", unit="step",
                     disable=not (accelerator.is_main_process and cfg.run.progress_bar))
     window = torch.zeros(2, device=accelerator.device)
@@ -569,36 +560,35 @@ def main(argv: list[str] | None = None) -> dict:
                 history.append({"optimizer_step": optimizer_step, "mean_candidate_bce": last_train_loss})
                 progress.set_postfix(bce=f"{last_train_loss:.4f}")
                 window = torch.zeros(2, device=accelerator.device)
-            if cfg.checkpoint.every_optimizer_steps and optimizer_step % cfg.checkpoint.every_optimizer_steps == 0:
-                checkpointing.save_checkpoint(accelerator, run_dir, trainer_state(), keep_last=cfg.checkpoint.keep_last)
-            faults.maybe_hang(run_dir, optimizer_step, accelerator.process_index)
-            if nan_guard.must_stop(guard):
-                saved = checkpointing.save_checkpoint(accelerator, run_dir, trainer_state(),
-                                                      keep_last=cfg.checkpoint.keep_last)
-                progress.close()
-                finish_tracking(accelerator)
-                raise nan_guard.stop_error(guard, optimizer_step, saved)
+            # Every N steps a checkpoint; NaN/Inf too many steps in a row: a last checkpoint, exit status 3.
+            ctx.end_optimizer_step(optimizer_step, guard, save_step_checkpoint, progress)
             if optimizer_step >= total_optimizer_steps:
                 break
         epoch, batches_done = epoch + 1, 0
     progress.close()
     loop_seconds = time.perf_counter() - loop_started
+    return LoopOutcome(model=model, optimizer_step=optimizer_step, total_optimizer_steps=total_optimizer_steps,
+                       steps_per_epoch=steps_per_epoch, last_train_loss=last_train_loss, history=history,
+                       skipped_nonfinite_steps=guard.skipped_steps,
+                       throughput={"train_loop_seconds": loop_seconds,
+                                   "peak_accelerator_memory_bytes": peak_accelerator_memory_bytes()})
 
-    # ------------------------------------------------------------------------------------------------
-    # 8. Selection, temperature, report, export (main process)
-    # ------------------------------------------------------------------------------------------------
+
+# ----------------------------------------------------------------------------------------------------
+# 8. Selection, temperature, report, export (main process)
+# ----------------------------------------------------------------------------------------------------
+def select_report_and_export(ctx: RunContext, trained: LoopOutcome, bank: ProbeBank, pd: ProbeData) -> dict:
+    cfg: ProbeConfig = ctx.cfg
+    accelerator = ctx.accelerator
+    store, layers, poolings, select_set, report_sets = pd.store, pd.layers, pd.poolings, pd.select_set, pd.report_sets
+    names = [c.name(layers, poolings) for c in bank.candidates]
     accelerator.wait_for_everyone()
-    digests = parameter_digests(accelerator, model)
-    if len(set(digests)) != 1:
-        raise RuntimeError(f"processes ended with different weights (sha256 per process: {digests}); "
-                           f"data-parallel training went out of sync.")
-    export_dir = export_dir_for(cfg.run, cfg.export, RECIPE)
-    result = {"export_dir": str(export_dir), "run_dir": str(run_dir), "optimizer_steps": optimizer_step,
-              "tracking": tracking.to_dict()}
+    digests = agreed_parameter_digests(accelerator, trained.model)
+    result = ctx.result(optimizer_steps=trained.optimizer_step)
     if accelerator.is_main_process:
-        bank_cpu = unwrapped.to("cpu")
+        bank_cpu = accelerator.unwrap_model(trained.model).to("cpu")
         select_y = binarize_scores(select_set.weak, cfg.data.correct_threshold)
-        select_logits = bank_logits(bank_cpu, feature_tensor(store, select_rows, layers, poolings))
+        select_logits = bank_logits(bank_cpu, feature_tensor(store, pd.select_rows, layers, poolings))
         table = []
         for j, name in enumerate(names):
             z = torch.as_tensor(select_logits[:, j])
@@ -618,24 +608,32 @@ def main(argv: list[str] | None = None) -> dict:
                 x = feature_tensor(store, rows, layers, poolings)[:, candidate.layer_position, candidate.pooling_position]
                 return torch.sigmoid(probe(x) / temperature).double().numpy()
 
-        select_p = p_correct(select_rows)
-        probe_p = {rs.name: p_correct(report_rows[rs.name]) for rs in report_sets}
+        select_p = p_correct(pd.select_rows)
+        probe_p = {rs.name: p_correct(pd.report_rows[rs.name]) for rs in report_sets}
         if not report_sets:
             print(f"note: no report set has outcomes of {cfg.data.weak_model} (data.report_sets="
                   f"{list(cfg.data.report_sets)}; an empty split such as a 0-size test split counts as none): the "
                   f"report holds the selection split only. Add a split or eval/<name> to data.report_sets.",
                   flush=True)
-        report_dir = run_dir / "report"
-        report = build_report(store, names[best], temperature, probe_p, select_set, select_rows, report_sets,
-                              report_rows, cfg, table, report_dir)
-        report["cp_router"] = cp_router_section(store, cfg, select_set, select_rows, report_sets, report_rows)
+        report_dir = ctx.run_dir / "report"
+        report = build_report(store, names[best], temperature, probe_p, select_set, pd.select_rows, report_sets,
+                              pd.report_rows, cfg, table, report_dir)
+        report["cp_router"] = cp_router_section(store, cfg, select_set, pd.select_rows, report_sets, pd.report_rows)
         report_dir.mkdir(parents=True, exist_ok=True)
         (report_dir / "report.json").write_text(json.dumps(report, indent=1, sort_keys=True, default=float) + "\n",
                                                 encoding="utf-8")
-        lm = store.lm
+        result.update({"chosen": names[best], "temperature": temperature, "report": str(report_dir / "report.json")})
+        if store.lm["stand_in"]:
+            print(f"NOTE: hidden states of {store.lm['id']}, an encoder standing in for {cfg.data.weak_model} "
+                  f"(not the weak model's own states).")
+        print(f"chosen probe: {names[best]} (temperature {temperature:.3f}, {select_set.name} AUROC "
+              f"{table[best]['select_auroc']:.3f})")
+        print(format_table(report))
+        print(f"report: {report_dir / 'report.json'}")
+        lm, data = store.lm, pd.data
         chosen_layer, chosen_pooling = layers[candidate.layer_position], poolings[candidate.pooling_position]
         model_config = {
-            "router_type": ROUTER_TYPE, "probe_kind": candidate.kind, "input_dim": int(train_x.shape[-1]),
+            "router_type": ROUTER_TYPE, "probe_kind": candidate.kind, "input_dim": int(pd.train_x.shape[-1]),
             "hidden_dim": cfg.probe.mlp_hidden_dim, "dropout": cfg.probe.dropout, "layer": chosen_layer,
             "pooling": chosen_pooling, "temperature": temperature,
             "weak_model": cfg.data.weak_model, "strong_model": cfg.data.strong_model,
@@ -651,44 +649,42 @@ def main(argv: list[str] | None = None) -> dict:
                             "p_correct_quantiles": np.quantile(select_p, CALIBRATION_SHARES).tolist()},
         }
         first_set = report["sets"][report_sets[0].name]["estimators"]["probe"] if report_sets else None
-        manifest = build_manifest(
-            recipe=RECIPE, router_type=ROUTER_TYPE, resolved_config=resolved_config,
+        ctx.export(
+            probe.state_dict(), model_config, router_type=ROUTER_TYPE, register=register_run_export,
             model_pool=[m for m in (cfg.data.weak_model, cfg.data.strong_model) if m],
-            encoder={"id": lm["id"], "revision": lm["revision"], "dim": int(train_x.shape[-1]), "kind": lm["kind"],
+            encoder={"id": lm["id"], "revision": lm["revision"], "dim": int(pd.train_x.shape[-1]), "kind": lm["kind"],
                      "stand_in": lm["stand_in"], "layer": chosen_layer, "pooling": chosen_pooling},
-            repo_dir=REPO_DIR, tracking=tracking.to_dict(),
-            data={"path": str(data.path), "name": data.manifest.get("name"), "version": data.manifest.get("version"),
-                  "fingerprint": data.fingerprint, "hidden_states": str(store_dir),
+            data={**dataset_facts(data), "hidden_states": str(pd.store_dir),
                   "hidden_states_settings_fingerprint": store.index["settings_fingerprint"],
-                  "train_prompts": len(train_set.prompt_ids), "select_prompts": len(select_set.prompt_ids)},
-            training={**world_description(accelerator), "optimizer_steps": optimizer_step,
-                      "total_optimizer_steps": total_optimizer_steps, "epochs": cfg.run.epochs,
-                      "resumed_from": str(resume_from) if resume_from else None, "candidates": len(names),
-                      "param_sha256_per_process": digests, "loss_history": history,
-                      "skipped_nonfinite_steps": guard.skipped_steps, "train_loop_seconds": loop_seconds,
-                      "peak_accelerator_memory_bytes": peak_accelerator_memory_bytes()},
-            metrics={"train_mean_candidate_bce": last_train_loss, "chosen_candidate": names[best],
+                  "train_prompts": len(pd.train_set.prompt_ids), "select_prompts": len(select_set.prompt_ids)},
+            training={"optimizer_steps": trained.optimizer_step, "total_optimizer_steps": trained.total_optimizer_steps,
+                      "epochs": cfg.run.epochs, "resumed_from": str(ctx.resume_from) if ctx.resume_from else None,
+                      "candidates": len(names), "param_sha256_per_process": digests, "loss_history": trained.history,
+                      "skipped_nonfinite_steps": trained.skipped_nonfinite_steps, **trained.throughput},
+            metrics={"train_mean_candidate_bce": trained.last_train_loss, "chosen_candidate": names[best],
                      f"{select_set.name}_auroc": table[best]["select_auroc"], "temperature": temperature,
                      **({f"{report_sets[0].name}_auroc": first_set["raw"]["auroc"],
                          f"{report_sets[0].name}_ece": first_set["raw"]["ece"],
-                         f"{report_sets[0].name}_brier": first_set["raw"]["brier"]} if first_set else {})},
-        )
-        export_router(export_dir, probe.state_dict(), model_config, manifest)
-        registered = register_run_export(cfg.export, export_dir, cfg.run.output_dir)
-        if registered is not None:
-            print(f"registered checkpoint: {registered}")
-        result.update({"chosen": names[best], "temperature": temperature, "report": str(report_dir / "report.json")})
-        if lm["stand_in"]:
-            print(f"NOTE: hidden states of {lm['id']}, an encoder standing in for {cfg.data.weak_model} "
-                  f"(not the weak model's own states).")
-        print(f"chosen probe: {names[best]} (temperature {temperature:.3f}, {select_set.name} AUROC "
-              f"{table[best]['select_auroc']:.3f})")
-        print(format_table(report))
-        print(f"report: {report_dir / 'report.json'}")
-        print(f"checkpoint: {export_dir}")
-        print(tracking.describe(), flush=True)
-    finish_tracking(accelerator)
+                         f"{report_sets[0].name}_brier": first_set["raw"]["brier"]} if first_set else {})})
+    ctx.finish()
     return result
+
+
+def main(argv: list[str] | None = None) -> dict:
+    # 1. Config
+    cfg = parse_recipe_args(ProbeConfig, argv, description=__doc__.splitlines()[0])
+    check_config(cfg)
+    # 2. accelerate, run directory, resume state, tracking; probes on stored hidden states are small: replicate them
+    ctx = start_run(cfg, RECIPE, REPO_DIR, check_accelerator=lambda accelerator: refuse_sharded_weights(
+        accelerator, RECIPE))
+    seed_for_model_init(cfg.run.seed)
+    # 3-4. Outcomes + hidden states, the probe bank
+    pd = load_probe_data(cfg)
+    bank = build_bank(cfg, pd)
+    # 5-7. Optimizer, resume, training loop
+    trained = fit(ctx, bank, pd)
+    # 8. Selection, temperature, report, export
+    return select_report_and_export(ctx, trained, bank, pd)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@
     train_grpo(trainer, resume_from)
 
 Router-R1 (arXiv 2506.09033) optimises its policy with PPO (critic, GAE, KL in the reward): that is
-training/train_router_r1.py's default path. `algorithm: grpo` swaps the optimiser for GRPO (Shao et al.
+training/train_router_r1.py. training/train_router_r1_grpo.py swaps the optimiser for GRPO (Shao et al.
 2024, DeepSeekMath): no critic; each prompt is rolled out `num_generations` times and an episode's
 advantage is its reward minus its group's mean (divided by the group's std with scale_rewards=group);
 the KL to the frozen reference is a loss term (TRL's k3 estimator, weight `beta`), not a reward term.
@@ -66,7 +66,7 @@ HF_LR_SCHEDULES = {"constant": "constant_with_warmup", "linear": "linear", "cosi
 
 @dataclass(frozen=True)
 class GRPOBlockConfig:
-    """GRPO hyperparameters (`algorithm: grpo`; a deviation from Router-R1, which uses PPO)."""
+    """GRPO hyperparameters (training/train_router_r1_grpo.py; a deviation from Router-R1, which uses PPO)."""
 
     num_generations: int = doc("episodes per prompt, the GRPO group whose mean reward is the baseline (count, >= 2)",
                                default=8)

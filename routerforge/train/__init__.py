@@ -1,10 +1,42 @@
-"""The shared training core: plain functions every `training/train_*.py` recipe calls, top to bottom.
+"""The shared training core: plain functions and one run lifecycle that every `training/train_*.py` recipe uses.
 
-There is no trainer class. A recipe is one readable file (see training/train_mf.py, the reference) that
-owns its loop; this package owns the parts that must behave the same in every recipe:
+There is no trainer class. A recipe is one readable file (training/train_mf.py is the reference) that owns
+its loop, in numbered sections; `main()` at its end calls them in order and fits on a screen. What must behave
+the same in every recipe is written once, here.
 
-1. Config - `run_config`
-   Compose the shared blocks into ONE frozen top-level dataclass (no inheritance)::
+The run lifecycle - `lifecycle` (every recipe: MF, difficulty, probe, Router-R1 PPO; cluster, kNN and linear
+with `resumable=False`)::
+
+    cfg = parse_recipe_args(MyConfig, argv)                    # 1. config (below)
+    ctx = start_run(cfg, RECIPE, REPO_DIR)                     # 2. accelerator, run dir, resume state, one
+                                                               #    tracking run id broadcast to every process
+    ...                                                        # 3-5. data, model, optimizer (the recipe's)
+    position, state = ctx.resume(data.fingerprint, batches_per_epoch)   # 6. after accelerator.prepare
+    guard = nan_guard.guard_for_run(cfg.run.max_consecutive_nonfinite_steps, state)
+    stopper = ctx.early_stopper(stop_metric, state)            #    None when nothing is evaluated
+    def save_step_checkpoint():
+        return ctx.save_checkpoint(ctx.trainer_state(Position(step, epoch, batches_done), fingerprint, guard, stopper))
+    while ...:                                                 # 7. the recipe's own loop
+        ...
+        ctx.end_optimizer_step(step, guard, save_step_checkpoint, progress)   # checkpoint every N, fault hook,
+                                                                               # NaN/Inf stop (exit status 3)
+    digests = agreed_parameter_digests(accelerator, model)    # 8. every process holds the same weights
+    result = ctx.result(optimizer_steps=step, ...)
+    if ctx.accelerator.is_main_process:                       #    the ONE rank-0 guard
+        ctx.export(weights, model_config, model_pool=..., encoder=..., data={**dataset_facts(data), ...},
+                   training={...}, metrics={...}, register=register_run_export)   # manifest, atomic write, registry
+    ctx.finish()                                              #    end tracking on every process
+    return result
+
+`RunContext` is frozen (what the run is); the loop's counters stay the recipe's variables. `LoopOutcome`
+carries what a loop hands to its export section. `check_accelerator=` refuses a launch a recipe cannot train
+under before anything is written (`consistency.refuse_sharded_weights` for models small enough to replicate).
+Router-R1 GRPO runs inside TRL's trainer, which owns accelerator, tracking and checkpoints; it joins the
+lifecycle at its export through `context_for_trainer`.
+
+The parts the lifecycle and the recipes call:
+
+1. Config - `run_config`: compose the shared blocks into ONE frozen top-level dataclass (no inheritance)::
 
        @dataclass(frozen=True)
        class MyConfig:
@@ -16,67 +48,31 @@ owns its loop; this package owns the parts that must behave the same in every re
            data: MyDataConfig = ...; model: MyModelConfig = ...             # the recipe's own blocks
            resume: str = doc(RESUME_HELP, default="never")
 
-   `cfg = parse_recipe_args(MyConfig, argv)` reads `--config configs/<recipe>/x.yaml key=value ...`; a typo
-   or a bad value is a ConfigError naming the key. Override a shared default with
-   `default_factory=lambda: OptimConfig(lr=3e-4)`. Run directory: `run_dir_for(cfg.run, "<router>")`.
+   `parse_recipe_args(MyConfig, argv)` reads `--config configs/<recipe>/x.yaml key=value ...`; a typo or a bad
+   value is a ConfigError naming the key; a key listed in the class's `RETIRED_KEYS` says where it went. A recipe
+   fitted in one pass takes `FitRunConfig` as its run block and no checkpoint/resume.
+2. accelerate - `accelerator_setup`: `seed_for_model_init(seed)` before building the model (same weights on every
+   process), `seed_for_training(seed, accelerator)` after (seed + rank). `build_accelerator` is start_run's.
+3. Tracking - `tracking`: W&B is offline unless WANDB_API_KEY is set and the host answers; log with
+   `accelerator.log(..., step=optimizer_step)`; runs end with `finish_tracking` (ctx.finish), NOT
+   `accelerator.end_training()` (see its docstring).
+4. Data - `data_loading` (`build_train_loader`: order = f(seed, epoch); `batches_for_epoch` skips the batches a
+   resumed run already consumed), `tensor_batches`, `routerforge.data.pair_tensors`, `score_tables` (prompt x model score tables and
+   `mean_pair_apgr` for the fit-once recipes).
+5. Optimizer - `optimization` (`build_optimizer`, `build_lr_scheduler`: step it once per OPTIMIZER step);
+   `run_plan.optimizer_steps_for(cfg.run, batches_per_epoch)` and `announce_plan` / `EtaReporter`.
+6. Checkpoints - `checkpointing`: atomic step checkpoints (temp dir + COMPLETE with every file's sha256 +
+   rename), newest `checkpoint.keep_last` kept; a resume refuses a damaged file (`CorruptCheckpointError`) or a
+   run of another shape. `faults.maybe_hang` lets the reliability tests stop a run at an exact step.
+6b. NaN/Inf loss - `nan_guard`: in the loop `if nan_guard.update_allowed(guard, accelerator, loss, step + 1):`
+   around backward / clip / optimizer.step (zero_grad stays outside), `nan_guard.close_optimizer_step(guard)`
+   where the optimizer step closes; ctx.end_optimizer_step stops the run after too many in a row.
+7. Early stopping - `early_stopping` (best weights kept in every checkpoint, `stop_message`).
+8. End of run - `consistency.agreed_parameter_digests` (all processes must agree), `final_export` (safetensors +
+   config.json + manifest.json written atomically; `routerforge.io.safetensors_file.load_export_weights` reads an export back, safetensors only).
+   Wrap the script's entry point with `entrypoint.run_recipe(main)` (user errors -> one line, exit 2).
 
-2. accelerate - `accelerator_setup`
-   `accelerator = build_accelerator(cfg.run, cfg.tracking, run_dir)` (mixed precision, gradient
-   accumulation, tracker; forms a real multi-process CPU world when there is no GPU and checks it against
-   WORLD_SIZE). `seed_for_model_init(seed)` before building the model (same weights on every process),
-   `seed_for_training(seed, accelerator)` after (seed + rank). `world_description(accelerator)` for manifests.
-
-3. Tracking - `tracking`
-   `start_tracking(accelerator, cfg.tracking, run_dir, name, run_id, config_to_dict(cfg))` -> TrackingRun.
-   W&B is offline unless WANDB_API_KEY is set and the host answers. Use one run id per training run: a
-   new one (`new_run_id()`, broadcast from rank 0) or, on resume, `TrainerState.tracking_run_id`.
-   Log with `accelerator.log(..., step=optimizer_step)`; finish with `finish_tracking(accelerator)` (NOT `accelerator.end_training()`: see its docstring).
-
-4. Data - `data_loading` (and `routerforge.data.pair_tensors`, shared with the models)
-   `build_train_loader(dataset, micro_batch_size, seed)` (order = f(seed, epoch); own torch.Generator so the
-   global RNG is untouched), `build_eval_loader`; after `accelerator.prepare`, iterate
-   `batches_for_epoch(accelerator, loader, epoch, batches_done)` - it skips already-consumed batches on
-   resume. Pairwise recipes: `prompt_embedding_matrix(data)` and `pairs_to_tensors(...)` (tie rules).
-
-5. Optimizer - `optimization`
-   `build_optimizer(params, cfg.optim)`, `build_lr_scheduler(optimizer, cfg.optim, total_optimizer_steps)`;
-   `accelerator.prepare` both, call `scheduler.step()` once per OPTIMIZER step (`accelerator.sync_gradients`).
-
-6. Checkpoints - `checkpointing`
-   Before training: `resume_from = resolve_resume(cfg.resume, run_dir)`; after `prepare`:
-   `check_resume_compatible(...)` then `state = load_checkpoint(accelerator, resume_from)` (model,
-   optimizer, scheduler, every process's RNG, counters) and `normalize_position(state.epoch,
-   state.batches_done_in_epoch, len(loader))`. Every N optimizer steps, on every process:
-   `save_checkpoint(accelerator, run_dir, TrainerState(...), keep_last)` - atomic (temp dir + COMPLETE with
-   the sha256 of every file + rename), keeps the newest `keep_last`; a resume refuses a missing or damaged
-   file with `CorruptCheckpointError`. Call `faults.maybe_hang(run_dir, optimizer_step, rank)` after it so
-   the reliability tests can stop the recipe at an exact step.
-
-6b. NaN/Inf loss - `nan_guard` (every recipe with gradient steps)
-   `guard = nan_guard.guard_for_run(cfg.run.max_consecutive_nonfinite_steps, state)` after the resume;
-   in the loop `if nan_guard.update_allowed(guard, accelerator, loss, optimizer_step + 1):` around
-   backward / clip / optimizer.step (zero_grad stays outside), `skipped = nan_guard.close_optimizer_step(guard)`
-   where `accelerator.sync_gradients`, the two counters in TrainerState, and after the checkpoint block
-   `if nan_guard.must_stop(guard):` save a checkpoint, `finish_tracking(accelerator)`, raise
-   `nan_guard.stop_error(...)` (exit status 3). training/train_mf.py shows all of it.
-
-7. End of run
-   `parameter_digests(accelerator, model)` (all processes must agree; a recipe whose model is small enough
-   to replicate calls `refuse_sharded_weights(accelerator, RECIPE)` at start-up so FSDP / ZeRO-3 fail
-   early), then behind ONE
-   `if accelerator.is_main_process:` block: `export_router(export_dir_for(...), state_dict, model_config,
-   build_manifest(...))` and print where the export and the tracking run went.
-   Wrap the script's entry point with `run_recipe(main)` (user errors -> one line, exit 2).
-
-Loading an export's weights (init from a trained router, inference): `final_export.load_export_weights(dir)` -
-safetensors only (a pickle is refused unread, `UnsafeWeightsError`) and checked against manifest.json.
-
-Recipes fitted in one pass (no optimizer loop: training/train_cluster.py, train_knn.py, train_linear.py):
-`FitRunConfig` as the run block, `fit_run.start_fit_run(cfg, "<router>")` for run dir, accelerator and tracking,
-and, for families that predict every model's score, `score_tables.load_scored_prompts(...)` (a prompt x model
-score table over the chosen splits, pairs optionally as win/loss results) and `score_tables.mean_pair_apgr` to
-choose hyperparameters on the routing metric.
-
+Inference-side loading of exports lives outside this package (routerforge/router.py and routerforge/registry).
 Hardware: launch/ (accelerate configs, SLURM) and docs/running_at_scale.md.
 
 Tests to copy for a new recipe: tests/recipes/test_train_mf.py (tiny run, export, pool, in-process

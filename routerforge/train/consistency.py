@@ -38,6 +38,16 @@ def parameter_digests(accelerator: Accelerator, model: torch.nn.Module) -> list[
     return list(gather_object([parameter_digest(accelerator.unwrap_model(model))]))
 
 
+def agreed_parameter_digests(accelerator: Accelerator, model: torch.nn.Module, what: str = "weights") -> list[str]:
+    """`parameter_digests`, and a RuntimeError when the processes disagree (data-parallel training went out of
+    sync); `what` names the model in the message ("actor weights")."""
+    digests = parameter_digests(accelerator, model)
+    if len(set(digests)) != 1:
+        raise RuntimeError(f"processes ended with different {what} (sha256 per process: {digests}); "
+                           f"data-parallel training went out of sync.")
+    return digests
+
+
 def weights_are_sharded(distributed_type: DistributedType, zero_stage: int | None = None) -> bool:
     """True when no process holds the whole model: FSDP, or DeepSpeed ZeRO stage 3.
 

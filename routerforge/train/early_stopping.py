@@ -69,6 +69,12 @@ class EarlyStopping:
     def to_dict(self) -> dict:
         return {**asdict(self), "lower_is_better": lower_is_better(self.metric)}
 
+    def stop_message(self, recipe: str, optimizer_step: int) -> str:
+        """The line a recipe prints when this evaluation stopped the run."""
+        return (f"{recipe}: early stop at optimizer step {optimizer_step}: validation {self.metric} has not improved "
+                f"for {self.evaluations_since_best} evaluations (best {self.best_value:.4f} at step "
+                f"{self.best_optimizer_step})")
+
     @classmethod
     def resumed(cls, saved: dict | None, metric: str, patience_evals: int, min_delta: float) -> EarlyStopping:
         """A fresh tracker, or the one saved in a checkpoint's trainer state (same metric required)."""

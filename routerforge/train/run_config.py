@@ -24,8 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from routerforge.config import doc, load_config
+from routerforge.config import doc, load_config, parse_yaml
 from routerforge.config_reference import format_help
+from routerforge.errors import ConfigError
 from routerforge.recipes import resolve_config_path
 
 T = TypeVar("T")
@@ -115,12 +116,13 @@ class RunConfig:
 
 @dataclass(frozen=True)
 class FitRunConfig:
-    """The run block of a recipe fitted in one pass (no epochs, batches or step checkpoints: kNN, linear)."""
+    """The run block of a recipe fitted in one pass (no epochs, batches or step checkpoints: cluster, kNN, linear)."""
 
     name: str = doc("run name: the run directory is <output_dir>/<router>/<name>/ (letters, digits, . _ -)",
                     default="default")
     output_dir: str = doc("root directory of all runs and exports (path)", default="checkpoints")
-    seed: int = doc("random seed (integer) of the cross-validation folds", default=42)
+    seed: int = doc("random seed (integer) of the fit's random choices (cross-validation folds, k-means++ seeds, "
+                    "samples)", default=42)
     progress_bar: bool = doc("show progress on the main process (bool)", default=True)
 
     def __post_init__(self) -> None:
@@ -243,7 +245,27 @@ def parse_recipe_args(config_cls: type[T], argv: list[str] | None, description: 
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.lr=1e-3 run.epochs=2")
     args = parser.parse_args(argv)
     config_path = resolve_config_path(args.config) if args.config is not None else None
+    refuse_retired_keys(config_cls, config_path, args.overrides)
     return load_config(config_cls, config_path, args.overrides)
+
+
+def refuse_retired_keys(config_cls: type, config_path: Path | None, overrides: list[str]) -> None:
+    """A top-level key the recipe no longer reads (`config_cls.RETIRED_KEYS`: key -> what to do instead) is a
+    ConfigError saying where it went, rather than "unknown key" (a config written for an earlier layout)."""
+    retired: dict[str, str] = getattr(config_cls, "RETIRED_KEYS", {})
+    if not retired:
+        return
+    from_file = {}
+    if config_path is not None and Path(config_path).is_file():
+        try:
+            from_file = parse_yaml(Path(config_path).read_text(encoding="utf-8")) or {}
+        except Exception:  # noqa: BLE001 (load_config reports a file it cannot read, with its reason)
+            from_file = {}
+    given = [(f"{config_path}", key) for key in (from_file if isinstance(from_file, dict) else {})]
+    given += [("override", override.partition("=")[0].split(".")[0]) for override in overrides]
+    for origin, key in given:
+        if key in retired:
+            raise ConfigError(f"{origin}: '{key}' is not a key of this recipe: {retired[key]}")
 
 
 def run_dir_for(run: RunConfig, router: str) -> Path:

@@ -9,10 +9,13 @@ run continues).
 
 from __future__ import annotations
 
+import math
 import time
 from datetime import datetime, timedelta, timezone
 
 from accelerate import Accelerator
+
+from routerforge.train.run_config import RunConfig
 
 ETA_AFTER_SECONDS = 5.0  # time enough steps to extrapolate, yet tell the user early
 ETA_AFTER_FRACTION = 0.1  # ... or this share of the run, whichever comes first
@@ -24,6 +27,16 @@ def warmup_warning(warmup_steps: int, total_optimizer_steps: int) -> str | None:
                 f"({total_optimizer_steps} steps): the learning rate never reaches optim.lr. Set "
                 f"optim.warmup_fraction (e.g. 0.1) or lower optim.warmup_optimizer_steps.")
     return None
+
+
+def optimizer_steps_for(run: RunConfig, batches_per_epoch: int) -> tuple[int, int]:
+    """(optimizer steps per epoch, optimizer steps of the run): an optimizer step every
+    run.gradient_accumulation_steps micro-batches and at each epoch's end, capped by run.max_optimizer_steps."""
+    steps_per_epoch = math.ceil(batches_per_epoch / run.gradient_accumulation_steps)
+    total_optimizer_steps = run.epochs * steps_per_epoch
+    if run.max_optimizer_steps is not None:
+        total_optimizer_steps = min(total_optimizer_steps, run.max_optimizer_steps)
+    return steps_per_epoch, total_optimizer_steps
 
 
 def announce_plan(accelerator: Accelerator, recipe: str, *, total_optimizer_steps: int, steps_per_epoch: int,

@@ -1,4 +1,4 @@
-"""training/train_router_r1.py with algorithm=grpo (TRL's GRPOTrainer; a deviation from the paper's PPO).
+"""training/train_router_r1_grpo.py (TRL's GRPOTrainer; a deviation from the paper's PPO).
 
 A tiny GRPO run on CPU over real GSM8K tasks and RouteLLM's recorded pool. The policy is a random-init
 2-layer Qwen2 (tests/fixtures/tiny_qwen2.py): it breaks the protocol in every episode, so every reward is -1
@@ -21,7 +21,7 @@ from routerforge.train.consistency import parameter_digest
 from tests.fixtures.recipe_runner import REPO_ROOT, load_recipe_module, run_recipe_in_process
 from tests.fixtures.tiny_qwen2 import build_tiny_causal_lm
 
-CONFIG = REPO_ROOT / "configs" / "router_r1" / "tiny_grpo.yaml"
+CONFIG = REPO_ROOT / "configs" / "router_r1_grpo" / "tiny.yaml"
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +36,7 @@ def tiny_argv(model_dir, out_dir, *extra: str) -> list[str]:
 def test_tiny_grpo_run_trains_the_policy_and_exports_it_like_ppo(tiny_lm, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    result = run_recipe_in_process("train_router_r1", tiny_argv(tiny_lm, tmp_path))
+    result = run_recipe_in_process("train_router_r1_grpo", tiny_argv(tiny_lm, tmp_path))
 
     history = result["history"]
     assert [h["step"] for h in history] == [1, 2] and result["optimizer_steps"] == 2
@@ -79,9 +79,9 @@ def test_tiny_grpo_run_trains_the_policy_and_exports_it_like_ppo(tiny_lm, tmp_pa
 def test_resume_auto_continues_and_matches_the_uninterrupted_run(tiny_lm, tmp_path):
     """HF Trainer's checkpoint-N (model, optimizer, schedule, RNG, sampler) + our cost window: same weights."""
     argv = ["export.registry=false"]
-    full = run_recipe_in_process("train_router_r1", tiny_argv(tiny_lm, tmp_path / "full", *argv))
-    run_recipe_in_process("train_router_r1", tiny_argv(tiny_lm, tmp_path / "cut", *argv, "run.max_optimizer_steps=1"))
-    resumed = run_recipe_in_process("train_router_r1", tiny_argv(tiny_lm, tmp_path / "cut", *argv, "resume=auto"))
+    full = run_recipe_in_process("train_router_r1_grpo", tiny_argv(tiny_lm, tmp_path / "full", *argv))
+    run_recipe_in_process("train_router_r1_grpo", tiny_argv(tiny_lm, tmp_path / "cut", *argv, "run.max_optimizer_steps=1"))
+    resumed = run_recipe_in_process("train_router_r1_grpo", tiny_argv(tiny_lm, tmp_path / "cut", *argv, "resume=auto"))
     assert resumed["resumed_from"].endswith("checkpoint-1")
     assert [h["step"] for h in resumed["history"]] == [1, 2]  # the log history comes back with the checkpoint
     assert resumed["history"][-1]["loss"] == full["history"][-1]["loss"]
@@ -89,7 +89,7 @@ def test_resume_auto_continues_and_matches_the_uninterrupted_run(tiny_lm, tmp_pa
 
 
 def test_algorithm_and_grpo_keys_are_validated(tiny_lm, tmp_path):
-    recipe = load_recipe_module("train_router_r1")
+    recipe = load_recipe_module("train_router_r1_grpo")
     with pytest.raises(ConfigError, match="algorithm"):
         recipe.main(tiny_argv(tiny_lm, tmp_path, "algorithm=trpo"))
     with pytest.raises(ConfigError, match="grpo.num_generations"):
@@ -106,7 +106,7 @@ def test_two_processes_form_one_data_parallel_world_and_fsdp_is_refused(tiny_lm,
     from tests.fixtures.recipe_runner import FSDP_CPU_2PROC, run_recipe
 
     overrides = [f"model.policy={tiny_lm}", f"run.output_dir={tmp_path / 'ddp'}"]
-    run_recipe("training/train_router_r1.py", "configs/router_r1/tiny_grpo.yaml", overrides, processes=2)
+    run_recipe("training/train_router_r1_grpo.py", "configs/router_r1_grpo/tiny.yaml", overrides, processes=2)
     export_dir = tmp_path / "ddp" / "router_r1" / "router-r1-grpo-tiny" / "final"
     training = json.loads((export_dir / "manifest.json").read_text())["training"]
     assert (training["world_size"], training["distributed_type"]) == (2, "MULTI_CPU")
@@ -119,7 +119,7 @@ def test_two_processes_form_one_data_parallel_world_and_fsdp_is_refused(tiny_lm,
     assert sorted(p.name for p in (run_dir / "checkpoint-2").glob("cost_window_rank*.json")) == [
         "cost_window_rank0.json", "cost_window_rank1.json"]
 
-    refused = run_recipe("training/train_router_r1.py", "configs/router_r1/tiny_grpo.yaml",
+    refused = run_recipe("training/train_router_r1_grpo.py", "configs/router_r1_grpo/tiny.yaml",
                          [f"model.policy={tiny_lm}", f"run.output_dir={tmp_path / 'fsdp'}"], processes=2,
                          launch_config=FSDP_CPU_2PROC, check=False)
     assert refused.returncode != 0
