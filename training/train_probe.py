@@ -1,7 +1,7 @@
 """Train uncertainty probes: P(the weak model answers correctly) from an LM's hidden states, and route on it.
 
-    python data_prep/hidden_states.py --config configs/probe/default.yaml           # 1. hidden states (once)
-    accelerate launch training/train_probe.py --config configs/probe/default.yaml   # 2. probes + report
+    accelerate launch training/train_probe.py --config configs/probe/default.yaml   # hidden states (if missing), probes, report
+    python data_prep/hidden_states.py --config configs/probe/default.yaml           # or: the hidden states alone, first
     accelerate launch --config_file launch/accelerate/cpu_2proc.yaml training/train_probe.py --config configs/probe/tiny.yaml
     ... resume=auto                                   # continue the run from its newest complete checkpoint
 
@@ -38,7 +38,13 @@ from tqdm.auto import tqdm
 
 from routerforge.config import doc
 from routerforge.data.dataset_io import PreparedDataset, load_prepared
-from routerforge.data.hidden_states import HiddenStatesConfig, load_hidden_states, store_dir_for
+from routerforge.data.hidden_states import (
+    HiddenStatesConfig,
+    load_hidden_states,
+    run_hidden_states,
+    store_dir_for,
+    store_is_complete,
+)
 from routerforge.errors import ConfigError, DataError
 from routerforge.eval.binary import binary_report
 from routerforge.eval.probability_calibration import reliability_bins
@@ -165,7 +171,8 @@ class ProbeReportConfig:
 class ProbeConfig:
     run: RunConfig = doc("run name, output dir, seed, length, batch geometry",
                          default_factory=lambda: RunConfig(name="probe", epochs=30, micro_batch_size=64))
-    features: HiddenStatesConfig = doc("the hidden states the probes read (data_prep/hidden_states.py makes them)",
+    features: HiddenStatesConfig = doc("the hidden states the probes read (extracted here when no complete store "
+                                       "exists; data_prep/hidden_states.py makes them alone)",
                                        default_factory=HiddenStatesConfig)
     data: ProbeDataConfig = doc("outcomes: whose correctness, which splits", default_factory=ProbeDataConfig)
     probe: ProbeModelConfig = doc("probe candidates and how one is chosen", default_factory=ProbeModelConfig)
@@ -465,10 +472,17 @@ def load_probe_data(cfg: ProbeConfig) -> ProbeData:
     data = load_prepared(cfg.features.dataset)
     train_set, select_set, report_sets = read_outcome_sets(data, cfg.data)
     store_dir = store_dir_for(cfg.features)
+    if not store_is_complete(store_dir):
+        # One config, one command: the `features:` block given here (overrides included) is exactly what
+        # data_prep/hidden_states.py would read, so the recipe runs that stage itself (every process shares the
+        # work; complete shards of an interrupted extraction are kept) instead of asking for it twice.
+        print(f"probe: no complete hidden states at {store_dir}; extracting them with features.lm.model="
+              f"{cfg.features.lm.model} (as data_prep/hidden_states.py does)", flush=True)
+        run_hidden_states(cfg.features, progress=cfg.run.progress_bar)
     store = load_hidden_states(store_dir)
     if store.lm["spec"] != cfg.features.lm.model:
         raise DataError(f"{store_dir} holds hidden states of {store.lm['spec']}, not {cfg.features.lm.model}; "
-                        f"run data_prep/hidden_states.py with this config first.")
+                        f"set features.output_dir to a new directory, or delete {store_dir}, and run again.")
     layers, poolings = candidate_axes(store, cfg.probe)
     train_rows = store.rows(train_set.prompt_ids, f" of split {train_set.name}")
     select_rows = store.rows(select_set.prompt_ids, f" of split {select_set.name}")

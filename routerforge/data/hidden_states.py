@@ -812,6 +812,11 @@ def load_hidden_states(path: str | Path, verify: bool = True) -> HiddenStates:
                         verbalized_text=texts if has_text and texts else None)
 
 
+def store_is_complete(path: str | Path) -> bool:
+    """Whether `path` holds a finished store (its COMPLETE marker is written last, after the index)."""
+    return (Path(path) / COMPLETE_MARKER).is_file()
+
+
 def store_dir_for(cfg: HiddenStatesConfig) -> Path:
     """Where `run_hidden_states(cfg)` writes, without loading the LM weights (config + tokenizer only)."""
     if cfg.output_dir:

@@ -116,12 +116,15 @@ def test_resumed_run_ends_with_the_same_probe(tiny, tmp_path):
 
 
 def test_minilm_stand_in_is_named_and_lm_baselines_are_unavailable(tiny, tmp_path):
+    # One command: no data_prep/hidden_states.py run first; the recipe extracts the store its features block names.
     features = [f"features.dataset={tiny['data']}", "features.lm.model=packaged:all-MiniLM-L6-v2",
                 "features.lm.option_tokens=[]", "features.lm.verbalized.enabled=false",
                 "features.lm.layers=[0,3,6]", "features.lm.poolings=[mean]", f"features.output_dir={tmp_path / 'hs'}"]
-    run_hidden_states(load_stage_config(CONFIG, features), progress=False)
+    assert not (tmp_path / "hs").exists()
     result = run_recipe_in_process("train_probe", ["--config", str(CONFIG), *features, f"run.output_dir={tmp_path}",
                                                    "probe.kinds=[linear]", "report.n_bootstrap=0"])
+    store = load_hidden_states(tmp_path / "hs")
+    assert store.lm["spec"] == "packaged:all-MiniLM-L6-v2" and store.layers == [0, 3, 6]
     _, config, manifest = read_export(tmp_path / "probe" / "probe-tiny" / "final")
     assert config["lm"]["stand_in"] is True and manifest["encoder"]["stand_in"] is True
     assert manifest["encoder"]["id"] == "sentence-transformers/all-MiniLM-L6-v2"
