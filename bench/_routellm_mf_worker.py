@@ -76,7 +76,8 @@ def main(spec_path: str, out_path: str) -> None:
     test_loader = rl_train.PairwiseDataset(test_data).get_dataloaders(1024, shuffle=False)
     num_prompts, text_dim = np.load(spec["embeddings_npy"], mmap_mode="r").shape
     model = rl_train.MFModel_Train(dim=hp["dim"], num_models=len(rl_train.MODEL_IDS), num_prompts=num_prompts,
-                                   text_dim=text_dim, use_proj=hp["use_proj"], npy_path=spec["embeddings_npy"]).to("cpu")
+                                   text_dim=text_dim, use_proj=hp["use_proj"],
+                                   npy_path=spec["embeddings_npy"]).to("cpu")
     setup_seconds = time.perf_counter() - setup_started
 
     enter_times: list[float] = []

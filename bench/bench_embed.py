@@ -15,7 +15,8 @@ separately and not included in prompts/s):
       encoding, cache write
   (c) embed_texts again on the now warm cache: no model call at all
 Each timed phase runs `--repeats` times, (a) and (b) alternating, with a fresh empty cache for every
-(b); the best run is reported, as is usual for throughput on a shared machine. Peak RSS is sampled every 5 ms during each phase.
+(b); the best run is reported, as is usual for throughput on a shared machine. Peak RSS is sampled
+every 5 ms during each phase.
 """
 
 from __future__ import annotations

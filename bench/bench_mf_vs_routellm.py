@@ -52,7 +52,8 @@ prompts (the dataset's encoder, through the embedding cache). APGR via routerfor
 curve; RouteLLM's 10-point trapezoid estimates the same integral). Random = 0.5; oracle from the outcomes.
 
 --explain: where our per-step time went in the DataLoader-based loop the recipe used before its
-tensor-batch loop (routerforge/train/tensor_batches.py); kept to show what each change bought. In this process, on the same pairs, it times one epoch of
+tensor-batch loop (routerforge/train/tensor_batches.py); kept to show what each change bought. In
+this process, on the same pairs, it times one epoch of
 (a) a bare PyTorch loop like RouteLLM's (our MFModel, DataLoader over the pair tensors, Adam), and
 (b) a replica of train_mf.py's step (accelerate.prepare'd model/optimizer/loader/scheduler,
 `accelerator.accumulate`, source-weighted BCE, nan_guard, backward, step, loss window, scheduler step),
@@ -237,7 +238,8 @@ def run_ours(inputs: dict, work: Path, seed: int, epochs: int, threads: int, ove
             "epochs_trained": epochs_trained, "steps_per_epoch": training["optimizer_steps_per_epoch"],
             "micro_batch_size": manifest["config"]["run"]["micro_batch_size"],
             "wall_seconds": wall, "peak_rss_bytes": rss, "train_pairs": manifest["data"]["train_pairs"],
-            "optimizer_steps": training["optimizer_steps"], "val_accuracy": manifest["metrics"].get("validation_accuracy"),
+            "optimizer_steps": training["optimizer_steps"],
+            "val_accuracy": manifest["metrics"].get("validation_accuracy"),
             "val_loss": manifest["metrics"].get("validation_loss"), "scores": scores}
 
 
@@ -468,7 +470,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--explain-rounds", type=int, default=9, help="interleaved rounds of --explain")
     parser.add_argument("--venv", type=Path, default=DEFAULT_VENV, help="where the routellm venv lives (reused)")
     parser.add_argument("--remove-venv", action="store_true", help="delete the routellm venv at the end")
-    parser.add_argument("--work-dir", type=Path, default=None, help="keep run files here (default: a temp dir, removed)")
+    parser.add_argument("--work-dir", type=Path, default=None,
+                        help="keep run files here (default: a temp dir, removed)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args(argv)
     if args.epochs < 1 or args.threads < 1 or args.explain_rounds < 1:

@@ -4,9 +4,9 @@
 
 Rows are generated for this benchmark only: real Arena battles (data/chatbot_arena) replicated with a
 counter appended to each prompt, so every row is a distinct prompt and the clean stage's duplicate
-check sees realistic keys. Each size runs in a fresh subprocess so peak RSS is per size; it is split into heap (anonymous
-memory, which grows only with the duplicate-key sets, ~100 bytes per unique row) and memory-mapped
-Arrow pages (file-backed page cache, reclaimable). Measured: the
+check sees realistic keys. Each size runs in a fresh subprocess so peak RSS is per size; it is split
+into heap (anonymous memory, which grows only with the duplicate-key sets, ~100 bytes per unique row)
+and memory-mapped Arrow pages (file-backed page cache, reclaimable). Measured: the
 streaming stages that scale with rows -- ingest (read + validate + clean, Arrow write) and
 convert/merge -- plus the seeded split assignment. Embedding throughput is measured separately in
 bench/bench_embed.py (it scales with unique prompts and the encoder, not with the pipeline).

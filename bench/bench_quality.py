@@ -264,7 +264,8 @@ def routellm_scores(dataset, pair_inputs: dict[tuple[str, str], PairData], work:
     if saved.is_file():
         kept = json.loads(saved.read_text())
         if kept["pairs"] == [list(p) for p in pairs]:
-            return {p: np.asarray(s, dtype=np.float64) for p, s in zip(pairs, kept["scores"], strict=True)}, kept["info"]
+            return ({p: np.asarray(s, dtype=np.float64) for p, s in zip(pairs, kept["scores"], strict=True)},
+                    kept["info"])
     python = ensure_routellm_venv(venv)
     prompt_row, train_matrix = prompt_embedding_matrix(dataset)
     blocks, score_rows, score_pairs, next_row = [train_matrix.numpy()], {}, {}, train_matrix.shape[0]
@@ -453,7 +454,8 @@ def format_rows(rows: list[dict]) -> str:
             wall = f"{m['wall_seconds']:.0f}" if m.get("wall_seconds") is not None else ""
             sps = f"{m['samples_per_second']:.0f}" if m.get("samples_per_second") else ""
             lines.append(f"| {row['set']} | {row['strong']} / {row['weak']} | {row['test_prompts']} | {label} | "
-                         f"{_cell(m['apgr'])} | {m['cpt50']['value']:.3f} | {m['cpt80']['value']:.3f} | {wall} | {sps} |")
+                         f"{_cell(m['apgr'])} | {m['cpt50']['value']:.3f} | {m['cpt80']['value']:.3f} | "
+                         f"{wall} | {sps} |")
         if "best_minus_baseline" in row:
             diffs = ", ".join(f"{b} {d['value']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]"
                               for b, d in row["best_minus_baseline"].items())
@@ -479,8 +481,10 @@ def plot(results: list[dict], path: Path) -> None:
                 continue
             xs.append(i + j * width)
             ys.append(m["apgr"]["value"])
-            err[0].append(m["apgr"]["value"] - (m["apgr"]["low"] if m["apgr"]["low"] is not None else m["apgr"]["value"]))
-            err[1].append((m["apgr"]["high"] if m["apgr"]["high"] is not None else m["apgr"]["value"]) - m["apgr"]["value"])
+            err[0].append(m["apgr"]["value"]
+                          - (m["apgr"]["low"] if m["apgr"]["low"] is not None else m["apgr"]["value"]))
+            err[1].append((m["apgr"]["high"] if m["apgr"]["high"] is not None else m["apgr"]["value"])
+                          - m["apgr"]["value"])
         ax.bar(xs, ys, width, yerr=err, label=name, capsize=2)
     ax.set_xticks([i + 0.4 - width / 2 for i in range(len(rows))])
     ax.set_xticklabels([f"{row['set']}\n{row['weak'][:18]}" for row in rows], fontsize=7)
@@ -515,7 +519,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args = parser.parse_args(argv)
     args.families = [f for f in args.families.split(",") if f]
     args.baselines = [b for b in args.baselines.split(",") if b]
-    unknown = [f for f in args.families if f not in BENCHED_FAMILIES] + [b for b in args.baselines if b not in BASELINES]
+    unknown = ([f for f in args.families if f not in BENCHED_FAMILIES]
+               + [b for b in args.baselines if b not in BASELINES])
     if unknown:
         parser.error(f"unknown families/baselines: {unknown} (families: {BENCHED_FAMILIES}; baselines: {BASELINES})")
     if args.routellm_venv is None:

@@ -99,7 +99,8 @@ def command(recipe: str, processes: int, gpu: bool) -> list[str]:
 
 def run_once(args, recipe: str, processes: int, data: Path, work_dir: Path, tag: str) -> dict:
     out_dir = work_dir / tag
-    env = dict(os.environ, OMP_NUM_THREADS="1", WANDB_MODE="offline", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    env = dict(os.environ, OMP_NUM_THREADS="1", WANDB_MODE="offline", HF_HUB_OFFLINE="1",
+               TOKENIZERS_PARALLELISM="false")
     cmd = command(recipe, processes, args.gpu) + recipe_overrides(args, recipe, data, out_dir, work_dir / "backbone")
     started = time.perf_counter()
     proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=args.timeout_s)
@@ -109,7 +110,8 @@ def run_once(args, recipe: str, processes: int, data: Path, work_dir: Path, tag:
     manifest = json.loads((out_dir / ROUTER_DIR[recipe] / RUN_NAME[recipe] / "final" / "manifest.json").read_text())
     training = manifest["training"]
     if training["world_size"] != processes:
-        raise SystemExit(f"{recipe}: asked for {processes} processes, the run formed a world of {training['world_size']}")
+        raise SystemExit(f"{recipe}: asked for {processes} processes, the run formed a world of "
+                         f"{training['world_size']}")
     return {"processes": processes, "end_to_end_seconds": seconds,
             "loop_samples_per_second": training.get("train_samples_per_second"),
             "loop_seconds": training.get("train_loop_seconds"), "samples": training.get("train_samples"),

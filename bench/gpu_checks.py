@@ -216,7 +216,8 @@ def run_step(args, number: int, name: str, cap: float, out: Path, work: Path, si
     path = step_file(out, number, name)
     body = json.loads(path.read_text()) if path.exists() else {}
     if rc is None:
-        status, headline = "timeout", f"killed at its {cap:.0f} s cap; partial results: {sorted(body.get('results', {}))}"
+        status, headline = "timeout", (f"killed at its {cap:.0f} s cap; partial results: "
+                                       f"{sorted(body.get('results', {}))}")
     elif rc != 0:
         status, headline = "failed", body.get("error") or f"worker exited with status {rc}"
     else:

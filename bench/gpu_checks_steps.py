@@ -36,7 +36,8 @@ def export_facts(args, export_dir: Path) -> dict:
              if training.get(key) is not None}
     history = training.get("loss_history") or training.get("history") or []
     # The recipes name their loss differently (MF, difficulty: train_loss; probe: mean_candidate_bce; PPO: pg_loss).
-    key = next((k for k in ("train_loss", "loss", "mean_candidate_bce", "pg_loss") if history and k in history[0]), None)
+    key = next((k for k in ("train_loss", "loss", "mean_candidate_bce", "pg_loss") if history and k in history[0]),
+               None)
     losses = [h[key] for h in history if isinstance(h.get(key), (int, float))] if key else []
     if losses:
         facts.update(first_loss=losses[0], last_loss=losses[-1])

@@ -4,7 +4,8 @@
     routerforge demo
     routerforge train RECIPE --config FILE|RECIPE/NAME [key=value ...]   (`routerforge train --help` lists the recipes)
     routerforge label --config configs/label/example.yaml [key=value ...]
-    routerforge eval CHECKPOINT --outcomes FILE [--strong NAME --weak NAME] [--router-pair S W] [--json OUT] [--plot OUT.png]
+    routerforge eval CHECKPOINT --outcomes FILE [--strong NAME --weak NAME] [--router-pair S W] [--json OUT]
+        [--plot OUT.png]
     routerforge calibrate CHECKPOINT --prompts FILE --strong-share 0.2 0.5 ...
     routerforge route CHECKPOINT "prompt" [...]
     routerforge serve CHECKPOINT [--strong-share 0.3 | --threshold T] --config serve.yaml [key=value ...]

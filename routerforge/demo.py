@@ -4,9 +4,9 @@
    gold labels; MT-Bench and held-out halves of MMLU/GSM8K kept for evaluation and decontaminated
    against; prints the dataset stats.
 2. trains the routers on it, each with the same command a user runs (printed before it runs):
-   the kNN and linear routers, matrix factorization (RouteLLM), the BEST-Route difficulty router, the cluster router (UniRoute)
-   and a probe router (P(weak model correct) from hidden states; offline the packaged MiniLM encoder
-   stands in for the weak model's own states).
+   the kNN and linear routers, matrix factorization (RouteLLM), the BEST-Route difficulty router, the
+   cluster router (UniRoute) and a probe router (P(weak model correct) from hidden states; offline the
+   packaged MiniLM encoder stands in for the weak model's own states).
 
 Every step is resumable: re-running the demo reuses the dataset (same version) and the finished runs.
 """
@@ -105,8 +105,8 @@ def evaluate_calibrate_route(dataset_dir: Path, number: int) -> None:
                      "--strong", STRONG, "--weak", WEAK)
     print(f"\n== {number + 2}. route three prompts with the {ROUTE_EXAMPLES_WITH} router at 50% strong calls ==",
           flush=True)
-    _routerforge("route", f"checkpoints/{ROUTE_EXAMPLES_WITH}", *EXAMPLE_PROMPTS, "--strong-share", "0.5", "--strong", STRONG,
-                 "--weak", WEAK, "--embedding-cache", "data/cache/embeddings")
+    _routerforge("route", f"checkpoints/{ROUTE_EXAMPLES_WITH}", *EXAMPLE_PROMPTS, "--strong-share", "0.5",
+                 "--strong", STRONG, "--weak", WEAK, "--embedding-cache", "data/cache/embeddings")
     _routerforge("list")
 
 

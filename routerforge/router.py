@@ -14,8 +14,9 @@
 
 Loading verifies the checkpoint first (routerforge/registry/load.py: sha256 of every file, model pool and
 encoder agree between manifest and config; the encoder this machine resolves is the one recorded), then
-builds the family's scorer (the loader routerforge/registry/families.py registers for it). Prompts are processed in batches of
-`batch_size`; `timing` accumulates the seconds spent in the encoder and in the rest (bench/bench_routing.py).
+builds the family's scorer (the loader routerforge/registry/families.py registers for it). Prompts are
+processed in batches of `batch_size`; `timing` accumulates the seconds spent in the encoder and in the
+rest (bench/bench_routing.py).
 
 Binary scores. `score` asks "does this prompt need `strong` rather than `weak`?". When the router knows both
 models, its family's pair score answers (e.g. MF's P(strong beats weak)). Routers transfer to pairs they were

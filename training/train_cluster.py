@@ -1,8 +1,10 @@
 """Fit a UniRoute cluster router: k-means clusters of prompt embeddings + per-cluster quality/cost table.
 
     accelerate launch training/train_cluster.py --config configs/cluster/default.yaml [key=value ...]
-    accelerate launch --config_file launch/accelerate/cpu_2proc.yaml training/train_cluster.py --config configs/cluster/tiny.yaml
-    accelerate launch --config_file launch/accelerate/single_gpu.yaml training/train_cluster.py --config configs/cluster/default.yaml
+    accelerate launch --config_file launch/accelerate/cpu_2proc.yaml training/train_cluster.py
+        --config configs/cluster/tiny.yaml
+    accelerate launch --config_file launch/accelerate/single_gpu.yaml training/train_cluster.py
+        --config configs/cluster/default.yaml
     ... init.from_export=checkpoints/cluster/base/final run.name=added   # add unseen models from a small sample
 
 Method (Jitkrittum et al. 2025, "Universal Model Routing for Efficient LLM Inference", arXiv 2502.08773,
@@ -513,7 +515,8 @@ def build_table(cfg: ClusterConfig, accelerator, data: PreparedDataset, cl: Clus
             rows = table_outcomes.model_ids == new_index[m]
             added_record[m] = {"prompts": int(rows.sum()), "split": table_source[m],
                                "prompts_per_cluster": np.bincount(clusters[rows], minlength=num_clusters).tolist(),
-                               "prompt_ids": sorted(p for p, r in zip(table_outcomes.prompt_ids, rows, strict=True) if r)}
+                               "prompt_ids": sorted(p for p, r in zip(table_outcomes.prompt_ids, rows, strict=True)
+                                                    if r)}
     else:
         quality, cost, support = finalize_tables(stats, cfg.table.prior_pseudo_count)
         router = ClusterRouter(centroids, torch.from_numpy(quality), torch.from_numpy(cost), torch.from_numpy(support))

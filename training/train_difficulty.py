@@ -2,8 +2,10 @@
 
     accelerate launch training/train_difficulty.py --config configs/difficulty/default.yaml [key=value ...]
     accelerate launch training/train_difficulty.py --config configs/difficulty/deberta_v3_small.yaml   # Hub online
-    accelerate launch --config_file launch/accelerate/cpu_2proc.yaml training/train_difficulty.py --config configs/difficulty/tiny.yaml
-    accelerate launch --config_file launch/accelerate/single_gpu.yaml training/train_difficulty.py --config configs/difficulty/default.yaml
+    accelerate launch --config_file launch/accelerate/cpu_2proc.yaml training/train_difficulty.py
+        --config configs/difficulty/tiny.yaml
+    accelerate launch --config_file launch/accelerate/single_gpu.yaml training/train_difficulty.py
+        --config configs/difficulty/default.yaml
     ... model.lora.enabled=true                       # LoRA adapters (PEFT) instead of full fine-tuning
     ... resume=auto                                   # continue the run from its newest complete checkpoint
 
@@ -474,7 +476,8 @@ def fit(ctx: RunContext, router: DifficultyRouter, td: TrainingData) -> tuple[Lo
     loop_seconds = time.perf_counter() - loop_started
     return LoopOutcome(model=router, optimizer_step=optimizer_step, total_optimizer_steps=total_optimizer_steps,
                        steps_per_epoch=steps_per_epoch, last_train_loss=last_train_loss, history=history,
-                       skipped_nonfinite_steps=guard.skipped_steps, throughput=ctx.throughput(samples_seen, loop_seconds),
+                       skipped_nonfinite_steps=guard.skipped_steps,
+                       throughput=ctx.throughput(samples_seen, loop_seconds),
                        eval_history=eval_history, stopper=stopper, best_state=best_state), eval_loader
 
 

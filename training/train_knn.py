@@ -2,7 +2,8 @@
 
     accelerate launch training/train_knn.py --config configs/knn/default.yaml [key=value ...]
     accelerate launch training/train_knn.py --config configs/knn/default.yaml data.path=data/processed/mine
-    accelerate launch training/train_knn.py --config configs/knn/default.yaml select.strong=gpt-4o select.weak=llama-3-8b
+    accelerate launch training/train_knn.py --config configs/knn/default.yaml
+        select.strong=gpt-4o select.weak=llama-3-8b
 
 Method (routerforge/models/knn.py): a model's expected score on a prompt is the similarity-weighted mean of
 its scores on the k nearest training prompts, shrunk towards its overall mean when few neighbours were
@@ -148,8 +149,8 @@ def main(argv: list[str] | None = None) -> dict:
     # 2. accelerate, run directory, tracking (the fit is deterministic: every process computes the same)
     ctx = start_run(cfg, RECIPE, REPO_DIR, resumable=False)
     # 3. Data: a prompt x model score table per split, and the prompts' embeddings
-    scored = load_scored_prompts(cfg.data.path, list(cfg.data.index_splits), cfg.data.models, cfg.data.pairs_as_outcomes,
-                                 "data.index_splits")
+    scored = load_scored_prompts(cfg.data.path, list(cfg.data.index_splits), cfg.data.models,
+                                 cfg.data.pairs_as_outcomes, "data.index_splits")
     # 4. Hyperparameters by leave-one-out
     router = KNNRouter(scored.embeddings, scored.scores)
     best, search, pairs = search_settings(cfg, ctx.accelerator, router, scored)

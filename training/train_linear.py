@@ -2,7 +2,8 @@
 
     accelerate launch training/train_linear.py --config configs/linear/default.yaml [key=value ...]
     accelerate launch training/train_linear.py --config configs/linear/default.yaml data.path=data/processed/mine
-    accelerate launch training/train_linear.py --config configs/linear/default.yaml select.strong=gpt-4o select.weak=llama-3-8b
+    accelerate launch training/train_linear.py --config configs/linear/default.yaml
+        select.strong=gpt-4o select.weak=llama-3-8b
 
 Method (routerforge/models/linear.py): P(m answers q well) = σ(w_m · e(q) + b_m), one scikit-learn
 LogisticRegression per model on its scores (soft targets for scores between 0 and 1); pair score =

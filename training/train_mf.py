@@ -2,7 +2,8 @@
 
     accelerate launch training/train_mf.py --config configs/mf/default.yaml [key=value ...]
     accelerate launch --config_file launch/accelerate/cpu_2proc.yaml training/train_mf.py --config configs/mf/tiny.yaml
-    accelerate launch --config_file launch/accelerate/single_gpu.yaml training/train_mf.py --config configs/mf/default.yaml
+    accelerate launch --config_file launch/accelerate/single_gpu.yaml training/train_mf.py
+        --config configs/mf/default.yaml
     ... resume=auto                                   # continue the run from its newest complete checkpoint
     ... init.from_export=checkpoints/mf/base/final init.train_only_new_models=true   # add models to a trained router
 

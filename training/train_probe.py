@@ -1,8 +1,10 @@
 """Train uncertainty probes: P(the weak model answers correctly) from an LM's hidden states, and route on it.
 
-    accelerate launch training/train_probe.py --config configs/probe/default.yaml   # hidden states (if missing), probes, report
+    accelerate launch training/train_probe.py --config configs/probe/default.yaml   # hidden states (if missing),
+                                                                                      probes, report
     python data_prep/hidden_states.py --config configs/probe/default.yaml           # or: the hidden states alone, first
-    accelerate launch --config_file launch/accelerate/cpu_2proc.yaml training/train_probe.py --config configs/probe/tiny.yaml
+    accelerate launch --config_file launch/accelerate/cpu_2proc.yaml training/train_probe.py
+        --config configs/probe/tiny.yaml
     ... resume=auto                                   # continue the run from its newest complete checkpoint
 
 What it does (Kadavath et al. 2022, arXiv 2207.05221; Azaria & Mitchell 2023, arXiv 2304.13734; Kossen et
@@ -427,7 +429,8 @@ def build_report(store, chosen_name: str, temperature: float, probe_p: dict[str,
         safe = rs.name.replace("/", "_")
         plot_strong_share_curves(routing_reports, plots_dir / f"routing_{safe}.png",
                                  title=f"Escalate the least-confident prompts first ({rs.name})")
-        plot_reliability(reliability_bins(probe_p[rs.name], y, cfg.report.n_bins), plots_dir / f"reliability_probe_{safe}.png",
+        plot_reliability(reliability_bins(probe_p[rs.name], y, cfg.report.n_bins),
+                         plots_dir / f"reliability_probe_{safe}.png",
                          ece=estimators["probe"]["raw"]["ece"], title=f"Probe reliability ({rs.name})")
         report["sets"][rs.name] = {"n_prompts": len(rows), "weak_accuracy": float(y.mean()),
                                    "strong_known": rs.strong is not None, "estimators": estimators}
@@ -609,7 +612,8 @@ def select_report_and_export(ctx: RunContext, trained: LoopOutcome, bank: ProbeB
             table.append({"candidate": name, "select_auroc": auroc(select_logits[:, j], select_y),
                           "select_nll": float(F.binary_cross_entropy_with_logits(z, torch.as_tensor(select_y)))})
         if cfg.probe.select_by == "auroc":
-            keys = [(-(t["select_auroc"] if not math.isnan(t["select_auroc"]) else -1.0), t["select_nll"]) for t in table]
+            keys = [(-(t["select_auroc"] if not math.isnan(t["select_auroc"]) else -1.0), t["select_nll"])
+                    for t in table]
         else:
             keys = [(t["select_nll"],) for t in table]
         best = min(range(len(names)), key=lambda j: keys[j])
@@ -619,7 +623,8 @@ def select_report_and_export(ctx: RunContext, trained: LoopOutcome, bank: ProbeB
 
         def p_correct(rows: np.ndarray) -> np.ndarray:
             with torch.no_grad():
-                x = feature_tensor(store, rows, layers, poolings)[:, candidate.layer_position, candidate.pooling_position]
+                x = feature_tensor(store, rows, layers, poolings)[:, candidate.layer_position,
+                                                                  candidate.pooling_position]
                 return torch.sigmoid(probe(x) / temperature).double().numpy()
 
         select_p = p_correct(pd.select_rows)

@@ -37,7 +37,8 @@ def dataset_card(manifest: dict, stats: dict, config: dict) -> str:
         lines.append(f"| {table} | {c['train']} | {c['validation']} | {c['test']} |")
     lines += ["", "## Sources", "", "| source | kind | role | weight | path or Hub dataset |", "|---|---|---|---|---|"]
     for name, s in manifest["sources"].items():
-        where = f"Hub dataset `{s['hub']}` at `{s['revision']}` (split {s['split']})" if s.get("hub") else f"`{s['path']}`"
+        where = (f"Hub dataset `{s['hub']}` at `{s['revision']}` (split {s['split']})" if s.get("hub")
+                 else f"`{s['path']}`")
         lines.append(f"| {name} | {s['kind']} | {s['role']} | {s['weight']} | {where} |")
     lines += ["", "## Rows kept and dropped, per source and stage", "",
               "Every row entering a stage is kept or dropped for a named reason (kept + dropped = input).", "",

@@ -28,7 +28,8 @@ SOURCE_KINDS = {
 CONVERT_RULES = {
     "none": "pairs are kept as read",
     "outcome_pairs": "every two models with outcomes on a prompt make a pair; higher score wins",
-    "routellm_threshold": "RouteLLM: weak model's judge score >= threshold is a weak win over strong, else a strong win",
+    "routellm_threshold": "RouteLLM: weak model's judge score >= threshold is a weak win over strong, "
+                          "else a strong win",
     "judge_score_pairs": "every two judged models on a prompt make a pair; higher judge score wins",
 }
 
@@ -116,7 +117,8 @@ class SourceConfig:
         if produces == "outcomes" and self.role == "train" and self.convert.rule != "outcome_pairs":
             raise ValueError(f"source '{self.name}': outcome sources convert with rule outcome_pairs "
                              f"(got '{self.convert.rule}')")
-        if produces == "judge_scores" and self.role == "train" and self.convert.rule not in ("routellm_threshold", "judge_score_pairs"):
+        if (produces == "judge_scores" and self.role == "train"
+                and self.convert.rule not in ("routellm_threshold", "judge_score_pairs")):
             raise ValueError(f"source '{self.name}': judge scores convert with routellm_threshold or "
                              f"judge_score_pairs (got '{self.convert.rule}')")
 

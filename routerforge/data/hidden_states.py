@@ -120,7 +120,8 @@ class LMFeatureConfig:
                                  "response's token log-probs are stored too", default=False)
     layers: list[int] = doc("hidden_states indices to store (0 = embeddings, -1 = last block); empty: all",
                             default_factory=list)
-    poolings: list[str] = doc("token poolings to store: last, prompt_last, mean", default_factory=lambda: ["last", "mean"])
+    poolings: list[str] = doc("token poolings to store: last, prompt_last, mean",
+                              default_factory=lambda: ["last", "mean"])
     option_tokens: list[str] = doc("multiple-choice option strings whose next-token logits are stored at the "
                                    "last prompt token, each ONE token (e.g. ' A', ' B', ' C', ' D'); causal "
                                    "LMs only; empty: none", default_factory=list)
@@ -141,7 +142,8 @@ class LMFeatureConfig:
             raise ValueError(f"features.lm.max_length must be >= 2 tokens, got {self.max_length}")
         if "{prompt}" not in self.prompt_template:
             raise ValueError("features.lm.prompt_template must contain {prompt}")
-        if not self.poolings or any(p not in POOLINGS for p in self.poolings) or len(set(self.poolings)) != len(self.poolings):
+        if (not self.poolings or any(p not in POOLINGS for p in self.poolings)
+                or len(set(self.poolings)) != len(self.poolings)):
             raise ValueError(f"features.lm.poolings must be distinct values of {', '.join(POOLINGS)}, "
                              f"got {list(self.poolings)}")
         if len(set(self.layers)) != len(self.layers):
@@ -161,7 +163,8 @@ class HiddenStatesConfig:
                               default="data/processed/demo")
     prompts_file: str | None = doc("instead of a dataset: JSONL with `prompt` (+ optional `prompt_id`, "
                                    "`response`) per line (path); needs output_dir", default=None)
-    splits: list[str] = doc("dataset splits whose prompts are run", default_factory=lambda: ["train", "validation", "test"])
+    splits: list[str] = doc("dataset splits whose prompts are run",
+                            default_factory=lambda: ["train", "validation", "test"])
     eval_sets: list[str] = doc("dataset evaluation sets (eval/<name>.jsonl) whose prompts are run; ['*']: all",
                                default_factory=lambda: ["*"])
     max_prompts: int | None = doc("run only the first N prompts in prompt-id order (for quick runs); None: all",
@@ -271,7 +274,8 @@ def _read_dataset_prompts(cfg: HiddenStatesConfig) -> tuple[list[PromptRow], Pat
         if split not in data.prompts:
             raise DataError(f"{data.path}: no split '{split}' (has {', '.join(data.prompts)}); set features.splits.")
         table = data.prompts[split]
-        rows += [PromptRow(pid, text, None, split) for pid, text in zip(table["prompt_id"], table["prompt"], strict=True)]
+        rows += [PromptRow(pid, text, None, split)
+                 for pid, text in zip(table["prompt_id"], table["prompt"], strict=True)]
     available = data.eval_sets()
     wanted = list(available) if cfg.eval_sets == ["*"] else list(cfg.eval_sets)
     for name in wanted:
@@ -694,7 +698,8 @@ def run_hidden_states(cfg: HiddenStatesConfig, progress: bool = True) -> StageRe
             texts = None
             if cfg.lm.verbalized.enabled:
                 arrays["verbalized_confidence"], texts = extractor.verbalize(shard_rows, batches)
-            _write_shard(path, arrays, prompt_ids[start:end], [r.group for r in shard_rows], cfg.lm.storage_dtype, texts)
+            _write_shard(path, arrays, prompt_ids[start:end], [r.group for r in shard_rows], cfg.lm.storage_dtype,
+                         texts)
             result.shards_computed.append(j)
         bar.update(state.num_processes)
     bar.close()

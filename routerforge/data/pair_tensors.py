@@ -3,9 +3,9 @@
 Each kept pair becomes (model_a index, model_b index, prompt row, target, weight) where target is the
 probability that model_a beats model_b: 1 (model_a won), 0 (model_b won) or, for ties under
 `ties=half`, 0.5. A pair with a soft label (`p_model_a_wins`, e.g. a judge's probability) is trained
-toward that probability instead; its `winner` (the label rounded) still decides the tie rule. Pairs of a model against itself carry no preference and are dropped, as RouteLLM's
-training script drops them; ties are dropped under `ties=drop` (RouteLLM's rule). Every drop is
-counted by reason.
+toward that probability instead; its `winner` (the label rounded) still decides the tie rule. Pairs of
+a model against itself carry no preference and are dropped, as RouteLLM's training script drops them;
+ties are dropped under `ties=drop` (RouteLLM's rule). Every drop is counted by reason.
 """
 
 from __future__ import annotations
@@ -96,7 +96,8 @@ def pairs_to_tensors(pairs: Dataset, model_index: dict[str, int], prompt_row: di
                 raise DataError(f"{where} row {i}: model '{model}' is not in the dataset's model pool "
                                 f"(manifest 'models'); re-run data prep.")
         if pid not in prompt_row:
-            raise DataError(f"{where} row {i}: prompt_id {pid} has no embedding in the prompts table; re-run data prep.")
+            raise DataError(f"{where} row {i}: prompt_id {pid} has no embedding in the prompts table; "
+                            f"re-run data prep.")
         winner = winner_names[winner_id]
         if model_a == model_b:
             dropped["same_model"] += 1

@@ -51,7 +51,8 @@ def _check_arrays(arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
     if n == 0:
         raise DataError("cannot bootstrap over zero prompts: the input arrays are empty.")
     if any(len(a) != n for a in arrs):
-        raise DataError(f"bootstrap arrays must share their first axis (prompts); got lengths {[len(a) for a in arrs]}.")
+        raise DataError(f"bootstrap arrays must share their first axis (prompts); got lengths "
+                        f"{[len(a) for a in arrs]}.")
     return arrs
 
 

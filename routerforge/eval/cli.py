@@ -77,7 +77,8 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
                              "file name)")
     parser.add_argument("--gate", action="store_true",
                         help="with --save: make this evaluation the checkpoint's promotion gate (metrics.gate)")
-    parser.add_argument("--n-bootstrap", type=int, default=1000, help="bootstrap resamples for the CIs (count; 0: none)")
+    parser.add_argument("--n-bootstrap", type=int, default=1000,
+                        help="bootstrap resamples for the CIs (count; 0: none)")
     parser.add_argument("--confidence", type=float, default=0.95, help="CI coverage (fraction)")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     add_loading_args(parser)

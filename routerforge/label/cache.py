@@ -8,8 +8,8 @@ is: only the request content and the reply are stored.
 
 SQLite in WAL mode with `synchronous=FULL`: each reply is committed (fsynced) before it counts, so
 a SIGKILL loses at most the calls that were in flight, never a recorded one, and never leaves a torn
-row (group commit, see `CallCache`). We use SQLite (stdlib) rather than an append-only JSONL so that lookups by key stay O(log n)
-and a partial last write cannot exist.
+row (group commit, see `CallCache`). We use SQLite (stdlib) rather than an append-only JSONL so that
+lookups by key stay O(log n) and a partial last write cannot exist.
 """
 
 from __future__ import annotations

@@ -62,8 +62,8 @@ class Labeler:
 
     def _tick(self) -> None:
         elapsed = max(time.monotonic() - self._started, 1e-9)
-        self.progress.set_postfix_str(f"{self.stats.new_calls / elapsed:.1f} new calls/s, ${self.stats.spent_usd:.4f} spent",
-                                      refresh=False)
+        self.progress.set_postfix_str(f"{self.stats.new_calls / elapsed:.1f} new calls/s, "
+                                      f"${self.stats.spent_usd:.4f} spent", refresh=False)
         self.progress.update(1)
 
     async def call(self, ep_cfg: EndpointConfig, endpoint, messages: list[dict], template_version: str

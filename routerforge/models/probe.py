@@ -87,7 +87,8 @@ def enumerate_candidates(kinds: list[str], num_layers: int, num_poolings: int) -
     for kind in kinds:
         if kind not in PROBE_KINDS:
             raise ConfigError(f"probe kind '{kind}' is unknown; use {', '.join(PROBE_KINDS)}.")
-    return [Candidate(k, layer, pooling) for k in kinds for layer in range(num_layers) for pooling in range(num_poolings)]
+    return [Candidate(k, layer, pooling)
+            for k in kinds for layer in range(num_layers) for pooling in range(num_poolings)]
 
 
 class ProbeBank(nn.Module):
@@ -109,7 +110,8 @@ class ProbeBank(nn.Module):
             self.linear_bias = nn.Parameter(torch.empty(num_layers, num_poolings).uniform_(-bound, bound))
         if "mlp" in kinds:
             h_bound = 1.0 / math.sqrt(hidden_dim)
-            self.mlp_w1 = nn.Parameter(torch.empty(num_layers, num_poolings, input_dim, hidden_dim).uniform_(-bound, bound))
+            self.mlp_w1 = nn.Parameter(
+                torch.empty(num_layers, num_poolings, input_dim, hidden_dim).uniform_(-bound, bound))
             self.mlp_b1 = nn.Parameter(torch.empty(num_layers, num_poolings, hidden_dim).uniform_(-bound, bound))
             self.mlp_w2 = nn.Parameter(torch.empty(num_layers, num_poolings, hidden_dim).uniform_(-h_bound, h_bound))
             self.mlp_b2 = nn.Parameter(torch.empty(num_layers, num_poolings).uniform_(-h_bound, h_bound))
@@ -229,7 +231,8 @@ class ProbeRouter:
             lm = self.config["lm"]
             cfg = LMFeatureConfig(model=lm["spec"], revision=lm.get("requested_revision"), kind=lm["kind"],
                                   dtype=lm.get("dtype", "auto"), max_length=int(lm["max_length"]),
-                                  prompt_template=lm["prompt_template"], use_chat_template=bool(lm["use_chat_template"]),
+                                  prompt_template=lm["prompt_template"],
+                                  use_chat_template=bool(lm["use_chat_template"]),
                                   layers=[self.layer], poolings=[self.pooling],
                                   micro_batch_size=int(lm.get("micro_batch_size", 8)))
             extractor = HiddenStateExtractor(cfg)

@@ -33,7 +33,8 @@ def list_main(argv: Sequence[str] | None = None) -> int:
 
         if not args.root.is_dir():
             raise CheckpointError(f"registry root {args.root} does not exist; export a router first.")
-        routers = sorted(p for p in args.root.iterdir() if p.is_dir() and (args.router is None or p.name == args.router))
+        routers = sorted(p for p in args.root.iterdir()
+                         if p.is_dir() and (args.router is None or p.name == args.router))
         rows = []
         for router_dir in routers:
             latest = read_latest(router_dir)
@@ -66,8 +67,9 @@ def list_main(argv: Sequence[str] | None = None) -> int:
         print(f"{'router':<16}{'version':<10}{'':<8}{'type':<12}{'models':>7}  {'created':<26}{'gate':<22}calibrated")
         for r in rows:
             gate = f"{r['gate']['metric']}={r['gate']['value']:.4f}" if isinstance(r["gate"], dict) else "-"
-            print(f"{r['router']:<16}{r['version']:<10}{'latest' if r['latest'] else '':<8}{r['router_type'] or '?':<12}"
-                  f"{r['models']:>7}  {r['created_at'] or '?':<26}{gate:<22}{', '.join(r['calibrated']) or '-'}")
+            print(f"{r['router']:<16}{r['version']:<10}{'latest' if r['latest'] else '':<8}"
+                  f"{r['router_type'] or '?':<12}{r['models']:>7}  {r['created_at'] or '?':<26}{gate:<22}"
+                  f"{', '.join(r['calibrated']) or '-'}")
             if "verified" in r:
                 print(f"{'':<16}verify: {r['verified']}")
     except RouterForgeError as err:

@@ -103,7 +103,8 @@ class RouterR1Export:
 
 
 def _dataclass_from_dict(cls, data: dict, where: str):
-    """A config dataclass (nested ones included) from its `config_to_dict` form; CheckpointError when it does not fit."""
+    """A config dataclass (nested ones included) from its `config_to_dict` form; CheckpointError when it
+    does not fit."""
     from routerforge.config import load_config
 
     overrides = [f"{key}={json.dumps(value)}" for key, value in data.items()]
@@ -302,7 +303,8 @@ def _alphas(text: str) -> tuple[float, ...]:
     try:
         values = tuple(float(part) for part in text.split(",") if part.strip())
     except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a comma-separated list of numbers (e.g. 0,0.3,0.6)") from None
+        raise argparse.ArgumentTypeError(f"'{text}' is not a comma-separated list of numbers "
+                                         f"(e.g. 0,0.3,0.6)") from None
     if not values or any(not (math.isfinite(v) and 0.0 <= v <= 1.0) for v in values):
         raise argparse.ArgumentTypeError(f"alphas must be cost weights in [0, 1], got '{text}'")
     return values

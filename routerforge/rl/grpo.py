@@ -281,8 +281,8 @@ def build_grpo_args(grpo: GRPOBlockConfig, run: RunConfig, optim: OptimConfig, c
         gradient_accumulation_steps=accumulation, generation_batch_size=grpo.rollout_batch_size,
         num_generations=grpo.num_generations, num_iterations=grpo.num_iterations, beta=grpo.beta,
         loss_type=grpo.loss_type, epsilon=grpo.epsilon, epsilon_high=grpo.epsilon_high,
-        scale_rewards=grpo.scale_rewards, entropy_coef=grpo.entropy_coef, max_completion_length=grpo.max_response_tokens,
-        temperature=grpo.temperature, top_p=grpo.top_p,
+        scale_rewards=grpo.scale_rewards, entropy_coef=grpo.entropy_coef,
+        max_completion_length=grpo.max_response_tokens, temperature=grpo.temperature, top_p=grpo.top_p,
         learning_rate=optim.lr, weight_decay=optim.weight_decay, adam_beta1=optim.betas[0],
         adam_beta2=optim.betas[1], adam_epsilon=optim.eps, optim="adamw_torch",
         max_grad_norm=optim.max_grad_norm,  # 0: HF Trainer does not clip

@@ -214,7 +214,8 @@ class ModelCard:
 
     def descriptor(self) -> str:
         """The text the policy sees for this model: description and prices."""
-        price = f"Price: ${self.input_price:g} per million input tokens, ${self.output_price:g} per million output tokens."
+        price = (f"Price: ${self.input_price:g} per million input tokens, "
+                 f"${self.output_price:g} per million output tokens.")
         return f"{self.description.strip()} {price}".strip()
 
 

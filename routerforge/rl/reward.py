@@ -209,8 +209,8 @@ class CostNormalizer:
     def load_state_dict(self, state: dict) -> None:
         settings = (state["window"], state["transform"], state["quantile_low"], state["quantile_high"])
         if settings != (self.window, self.transform, self.quantile_low, self.quantile_high):
-            raise ValueError(f"cost normaliser state was saved with (window, transform, quantiles) {settings}, "
-                             f"but this run uses {(self.window, self.transform, self.quantile_low, self.quantile_high)}")
+            raise ValueError(f"cost normaliser state was saved with (window, transform, quantiles) {settings}, but "
+                             f"this run uses {(self.window, self.transform, self.quantile_low, self.quantile_high)}")
         self._values = deque((float(v) for v in state["values"]), maxlen=self.window)
 
 

@@ -57,8 +57,8 @@ The parts the lifecycle and the recipes call:
    `accelerator.log(..., step=optimizer_step)`; runs end with `finish_tracking` (ctx.finish), NOT
    `accelerator.end_training()` (see its docstring).
 4. Data - `data_loading` (`build_train_loader`: order = f(seed, epoch); `batches_for_epoch` skips the batches a
-   resumed run already consumed), `tensor_batches`, `routerforge.data.pair_tensors`, `score_tables` (prompt x model score tables and
-   `mean_pair_apgr` for the fit-once recipes).
+   resumed run already consumed), `tensor_batches`, `routerforge.data.pair_tensors`, `score_tables`
+   (prompt x model score tables and `mean_pair_apgr` for the fit-once recipes).
 5. Optimizer - `optimization` (`build_optimizer`, `build_lr_scheduler`: step it once per OPTIMIZER step);
    `run_plan.optimizer_steps_for(cfg.run, batches_per_epoch)` and `announce_plan` / `EtaReporter`.
 6. Checkpoints - `checkpointing`: atomic step checkpoints (temp dir + COMPLETE with every file's sha256 +
@@ -69,7 +69,8 @@ The parts the lifecycle and the recipes call:
    where the optimizer step closes; ctx.end_optimizer_step stops the run after too many in a row.
 7. Early stopping - `early_stopping` (best weights kept in every checkpoint, `stop_message`).
 8. End of run - `consistency.agreed_parameter_digests` (all processes must agree), `final_export` (safetensors +
-   config.json + manifest.json written atomically; `routerforge.io.safetensors_file.load_export_weights` reads an export back, safetensors only).
+   config.json + manifest.json written atomically; `routerforge.io.safetensors_file.load_export_weights`
+   reads an export back, safetensors only).
    Wrap the script's entry point with `entrypoint.run_recipe(main)` (user errors -> one line, exit 2).
 
 Inference-side loading of exports lives outside this package (routerforge/router.py and routerforge/registry).

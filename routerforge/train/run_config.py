@@ -102,7 +102,8 @@ class RunConfig:
             raise ValueError(f"run.max_consecutive_nonfinite_steps must be >= 1, got "
                              f"{self.max_consecutive_nonfinite_steps}")
         if self.early_stopping_patience_evals < 0:
-            raise ValueError(f"run.early_stopping_patience_evals must be >= 0, got {self.early_stopping_patience_evals}")
+            raise ValueError(f"run.early_stopping_patience_evals must be >= 0, got "
+                             f"{self.early_stopping_patience_evals}")
         if self.early_stopping_patience_evals and not self.eval_every_optimizer_steps:
             raise ValueError("run.early_stopping_patience_evals needs run.eval_every_optimizer_steps > 0 (early "
                              "stopping compares evaluations made during training)")

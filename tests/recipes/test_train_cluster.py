@@ -44,7 +44,8 @@ def embedding_cache_dir(request) -> Path | None:
 
 @pytest.fixture(scope="module")
 def mmlu_data(tmp_path_factory, request) -> Path:
-    return build_tiny_outcomes_dataset(tmp_path_factory.mktemp("data"), embedding_cache_dir=embedding_cache_dir(request))
+    return build_tiny_outcomes_dataset(tmp_path_factory.mktemp("data"),
+                                       embedding_cache_dir=embedding_cache_dir(request))
 
 
 def tiny_argv(data_dir, out_dir, *extra: str) -> list[str]:
@@ -187,7 +188,8 @@ def test_unseen_model_is_added_from_a_small_sample_without_reclustering(mmlu_dat
     added = manifest["training"]["added_models"][WEAK_MODEL]
     assert manifest["training"]["base_model_pool"] == [STRONG_MODEL]
     assert added["split"] == "validation" and max(added["prompts_per_cluster"]) <= 3
-    assert 0 < added["prompts"] == len(added["prompt_ids"]) <= 3 * 6 < len(load_prepared(mmlu_data).prompts["validation"])
+    assert (0 < added["prompts"] == len(added["prompt_ids"]) <= 3 * 6
+            < len(load_prepared(mmlu_data).prompts["validation"]))
     router = router_from_export(added_dir)
     data = load_prepared(mmlu_data)
     emb, validation = data.embedding_index(), outcomes_by_prompt(data, "validation")
@@ -295,7 +297,8 @@ def test_two_processes_really_run_and_build_the_same_router(mmlu_data, tiny_run,
     # Both ranks hold identical tensors, and they are the exported ones.
     digests = training["param_sha256_per_process"]
     assert len(digests) == 2 and digests[0] == digests[1] == parameter_digest(router_from_export(export_dir))
-    assert sum(line.startswith("checkpoint: ") for line in proc.stdout.splitlines()) == 1  # only the main process exports and prints
+    # Only the main process exports and prints.
+    assert sum(line.startswith("checkpoint: ") for line in proc.stdout.splitlines()) == 1
     # Same seed, same data: the 2-process router equals the 1-process one (sums are all-reduced shards).
     one_weights, _, _ = read_export(tiny_run[1])
     for name, tensor in one_weights.items():

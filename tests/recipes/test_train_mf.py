@@ -255,7 +255,8 @@ def test_two_processes_really_run_and_agree(tiny_data, tmp_path):
         ckpt = tmp_path / "mf" / "mf-tiny" / step_dir
         assert json.loads((ckpt / "trainer_state.json").read_text())["world_size"] == 2
         assert (ckpt / "random_states_0.pkl").is_file() and (ckpt / "random_states_1.pkl").is_file()
-    assert sum(line.startswith("checkpoint: ") for line in proc.stdout.splitlines()) == 1  # only the main process prints and exports
+    # Only the main process prints and exports.
+    assert sum(line.startswith("checkpoint: ") for line in proc.stdout.splitlines()) == 1
     assert load_file(str(export_dir / "model.safetensors"))["P.weight"].shape[0] == len(
         manifest["model_pool"]
     )

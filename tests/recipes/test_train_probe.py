@@ -89,8 +89,8 @@ def test_cp_router_section_with_gold_answers(tiny, tmp_path):
     ids |= {json.loads(line)["prompt_id"] for line in data.eval_sets()["mmlu_holdout"].read_text().splitlines()}
     answers.write_text("".join(json.dumps({"prompt_id": pid, "answer": "A"}) + "\n" for pid in sorted(ids)))
     result = run_recipe_in_process("train_probe", argv(tiny, tmp_path, "report.n_bootstrap=0", "probe.kinds=[linear]",
-                                                      f"report.cp_router_answers={answers}", "report.cp_router_alpha=0.2",
-                                                      "report.llm_tokens_per_question=1",
+                                                      f"report.cp_router_answers={answers}",
+                                                      "report.cp_router_alpha=0.2", "report.llm_tokens_per_question=1",
                                                       "report.lrm_tokens_per_question=100"))
     section = json.loads(open(result["report"]).read())["cp_router"]
     test = section["test"]

@@ -80,7 +80,8 @@ def test_resume_auto_continues_and_matches_the_uninterrupted_run(tiny_lm, tmp_pa
     """HF Trainer's checkpoint-N (model, optimizer, schedule, RNG, sampler) + our cost window: same weights."""
     argv = ["export.registry=false"]
     full = run_recipe_in_process("train_router_r1_grpo", tiny_argv(tiny_lm, tmp_path / "full", *argv))
-    run_recipe_in_process("train_router_r1_grpo", tiny_argv(tiny_lm, tmp_path / "cut", *argv, "run.max_optimizer_steps=1"))
+    run_recipe_in_process("train_router_r1_grpo",
+                          tiny_argv(tiny_lm, tmp_path / "cut", *argv, "run.max_optimizer_steps=1"))
     resumed = run_recipe_in_process("train_router_r1_grpo", tiny_argv(tiny_lm, tmp_path / "cut", *argv, "resume=auto"))
     assert resumed["resumed_from"].endswith("checkpoint-1")
     assert [h["step"] for h in resumed["history"]] == [1, 2]  # the log history comes back with the checkpoint

@@ -66,6 +66,7 @@ def test_cluster_runs_are_bitwise_identical(tmp_path):
     exports = []
     for attempt in ("first", "second"):
         out = tmp_path / attempt
-        run_recipe("training/train_cluster.py", "configs/cluster/tiny.yaml", [f"data.path={data}", f"run.output_dir={out}"])
+        run_recipe("training/train_cluster.py", "configs/cluster/tiny.yaml",
+                   [f"data.path={data}", f"run.output_dir={out}"])
         exports.append(out / "cluster" / "cluster-tiny" / "final")
     assert digest(exports[0]) == digest(exports[1])

@@ -69,7 +69,8 @@ def test_nonfinite_steps_are_skipped_with_weights_unchanged_and_counted(tiny_dat
                 assert torch.equal(moments[key], adam_state_at(run_dir, 3)[param][key])
     assert not torch.equal(weights_at(run_dir, 6)["P.weight"], weights_at(run_dir, 5)["P.weight"])  # trains again
     # Counted: per checkpoint, in the history, the result and the manifest.
-    assert [(trainer_state_at(run_dir, s)["skipped_nonfinite_steps"], trainer_state_at(run_dir, s)["consecutive_nonfinite_steps"])
+    assert [(trainer_state_at(run_dir, s)["skipped_nonfinite_steps"],
+             trainer_state_at(run_dir, s)["consecutive_nonfinite_steps"])
             for s in (3, 4, 5, 6)] == [(0, 0), (1, 1), (2, 2), (2, 0)]
     weights, _, manifest = read_export(run_dir / "final")
     history = manifest["training"]["loss_history"]
@@ -85,7 +86,8 @@ def test_consecutive_nonfinite_steps_end_the_run_with_a_checkpoint_and_exit_3(ti
     # Reference: the same NaN steps but a limit they do not reach (in-process, fast).
     monkeypatch.setenv(NONFINITE_LOSS_STEPS_ENV, "4,5,6")
     run_recipe_in_process("train_mf", ["--config", str(REPO_ROOT / CONFIG),
-                                       *overrides(tiny_data, tmp_path / "reference", "checkpoint.every_optimizer_steps=4")])
+                                       *overrides(tiny_data, tmp_path / "reference",
+                                                  "checkpoint.every_optimizer_steps=4")])
     monkeypatch.delenv(NONFINITE_LOSS_STEPS_ENV)
     reference_weights, _, _ = read_export(tmp_path / "reference" / "mf" / "mf-tiny" / "final")
 

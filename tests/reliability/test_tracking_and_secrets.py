@@ -111,7 +111,8 @@ def runs(tiny_data, tmp_path_factory):
 @pytest.mark.parametrize("case", ["dead_port", "silent_server"])
 def test_unreachable_wandb_falls_back_offline_in_time_and_keeps_metrics(runs, case):
     root, seconds = runs
-    assert seconds[case] <= seconds["baseline"] + SLACK_S, f"{case}: {seconds[case]:.1f} s vs {seconds['baseline']:.1f} s"
+    assert seconds[case] <= seconds["baseline"] + SLACK_S, (f"{case}: {seconds[case]:.1f} s vs "
+                                                            f"{seconds['baseline']:.1f} s")
     run_dir = root / case / "mf" / "mf-tiny"
     _, _, manifest = read_export(run_dir / "final")
     tracking = manifest["tracking"]

@@ -27,7 +27,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 _SUM = re.compile(r"What is (\d+)\+(\d+)\?")
 _SINGLE_ANSWER = re.compile(r"\[The Start of Assistant's Answer\]\n(.*)\n\[The End of Assistant's Answer\]", re.S)
-_PAIR_ANSWER = re.compile(r"\[The Start of Assistant (A|B)'s Answer\]\n(.*?)\n\[The End of Assistant \1's Answer\]", re.S)
+_PAIR_ANSWER = re.compile(r"\[The Start of Assistant (A|B)'s Answer\]\n(.*?)\n\[The End of Assistant \1's Answer\]",
+                          re.S)
 _QUESTION = re.compile(r"\[(?:User )?Question\]\n(.*?)\n\n\[The Start of", re.S)
 
 

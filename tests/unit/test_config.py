@@ -56,7 +56,8 @@ def test_overrides_address_list_items_and_name_nested_typos():
     base = ["sources=[{name: a, kind: arena_conversations, path: x}]"]
     cfg = load_config(PrepConfig, None, base + ["sources.0.weight=0.25", "clean.aliases={a: b}"])
     assert cfg.sources[0].weight == 0.25 and cfg.clean.aliases == {"a": "b"}
-    with pytest.raises(ConfigError, match=r"unknown config key 'nme' \(in a SourceConfig section\).*Did you mean 'name'"):
+    with pytest.raises(ConfigError,
+                       match=r"unknown config key 'nme' \(in a SourceConfig section\).*Did you mean 'name'"):
         load_config(PrepConfig, None, base + ["sources.0.nme=1"])
     with pytest.raises(ConfigError, match=r"'sources.3' is not an item of a list of 1"):
         load_config(PrepConfig, None, base + ["sources.3.path=y"])

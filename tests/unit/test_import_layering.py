@@ -208,7 +208,8 @@ def test_the_checks_find_what_they_look_for(tmp_path):
                               "import start_tracking\n    return 'routerforge.router:Router'\n")
     known = set(all_modules())
     assert imports_of("routerforge.models.toy", planted_module, known) == [
-        ("routerforge.data.records", 1, False), ("routerforge.train.tracking", 5, True), ("routerforge.router", 6, True)]
+        ("routerforge.data.records", 1, False), ("routerforge.train.tracking", 5, True),
+        ("routerforge.router", 6, True)]
     assert layer_of("routerforge.models.mf") == 1 and layer_of("routerforge.train.checkpointing") == 2
     assert layer_of("routerforge.data.config") == 0 and layer_of("routerforge.data.pipeline") == 1
     assert layer_of("routerforge.registry.register") == 4 and layer_of("routerforge.registry.load") == 1

@@ -2,7 +2,8 @@
 
 MF and cluster routers are trained by their recipes on RouteLLM MMLU outcomes prepared by the real data-prep
 pipeline (packaged all-MiniLM-L6-v2); the difficulty router on MMLU outcomes + Arena votes with a tiny
-random-init DeBERTa-v2 (tests/fixtures/registry_routers.py); the probe router on a tiny random-init Qwen2's hidden states.
+random-init DeBERTa-v2 (tests/fixtures/registry_routers.py); the probe router on a tiny random-init
+Qwen2's hidden states.
 """
 
 from __future__ import annotations

@@ -60,7 +60,8 @@ def first_user_text(conversation: object) -> str | None:
             return content
         if isinstance(content, list):
             texts = [part["text"] for part in content
-                     if isinstance(part, dict) and part.get("type", "text") == "text" and isinstance(part.get("text"), str)]
+                     if isinstance(part, dict) and part.get("type", "text") == "text"
+                     and isinstance(part.get("text"), str)]
             return "\n".join(texts)
         return None
     return None

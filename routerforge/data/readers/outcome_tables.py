@@ -23,8 +23,8 @@ Four formats, each yielding `make_outcome` records (score in [0, 1]):
   `src.task`, else the prompt file's `task`.
 * `read_outcomes` — the generic long table a user brings, JSON lines (``.jsonl``) or CSV (``.csv``):
   ``prompt_id, prompt, model, score`` (0..1) and optional ``cost`` (USD), ``input_tokens``,
-  ``output_tokens``, ``task`` (``.jsonl.gz`` / ``.csv.gz`` are read as they are). One row is one outcome; a repeated (prompt_id, model) in a file is
-  `duplicate_id`.
+  ``output_tokens``, ``task`` (``.jsonl.gz`` / ``.csv.gz`` are read as they are). One row is one
+  outcome; a repeated (prompt_id, model) in a file is `duplicate_id`.
 
 Accounting unit: the read stage counts one input per (prompt, model) cell, so a row of a
 multi-model table is as many inputs as it has model cells; a problem with the whole row (no prompt)
@@ -151,8 +151,8 @@ def read_llmrouter_json(src: SourceConfig, ledger: Ledger) -> Iterator[dict]:
             for model, value in scores.items():
                 score, reason = _score01(value)
                 if score is None:
-                    ledger.bad(src.name, file, line, reason, f"score of {model} is {value!r}, expected a number in [0, 1]",
-                               f"scores.{model}")
+                    ledger.bad(src.name, file, line, reason,
+                               f"score of {model} is {value!r}, expected a number in [0, 1]", f"scores.{model}")
                     continue
                 ledger.count(src.name, "read", kept=1)
                 yield make_outcome(prompt=question, model=model, score=score, task=src.task, source=src.name,

@@ -10,8 +10,9 @@ Only the weak model's answer is graded, so each row yields one judge-score recor
 turns these into (strong, weak) pairs with its threshold rule: a grade of 4 or 5 is a weak win
 (``convert: {rule: routellm_threshold, strong: gpt-4-1106-preview, weak: ..., threshold: 4}``).
 
-There is no id column: source_id is the 0-based row index (line - 1 in a file, row - 1 on the Hub). A missing prompt or grade is
-`missing_field`, a grade that is not a number is `wrong_type`, one outside 1-5 `score_out_of_range`.
+There is no id column: source_id is the 0-based row index (line - 1 in a file, row - 1 on the Hub). A
+missing prompt or grade is `missing_field`, a grade that is not a number is `wrong_type`, one outside
+1-5 `score_out_of_range`.
 """
 
 from __future__ import annotations

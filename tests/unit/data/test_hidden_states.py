@@ -98,7 +98,8 @@ def test_response_span_log_probs(tiny, tmp_path):
     store = load_hidden_states(run_hidden_states(cfg, progress=False).output_dir)
     assert store.get("response_logprob_count")[0] == 1  # " A" is one token
     extractor = HiddenStateExtractor(cfg.lm, "cpu")
-    ids, prompt_len, _ = extractor._encode(PromptRow("x", "Which is a planet?\nA. Mars\nB. Moon\nAnswer:", " A", "file"))
+    ids, prompt_len, _ = extractor._encode(PromptRow("x", "Which is a planet?\nA. Mars\nB. Moon\nAnswer:", " A",
+                                                     "file"))
     with torch.no_grad():
         logits = extractor.model()(input_ids=torch.tensor([ids])).logits[0]
     expected = torch.log_softmax(logits[prompt_len - 1], -1)[ids[-1]]

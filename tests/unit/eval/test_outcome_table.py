@@ -105,7 +105,8 @@ def test_malformed_rows_name_file_and_line(tmp_path, lines, match):
 
 def test_error_counts_all_bad_rows_and_shows_the_first(tmp_path):
     path = tmp_path / "o.jsonl"
-    path.write_text('{"prompt_id": "p", "model": "m", "score": 0.5}\n{bad\n{"prompt_id": "q", "model": "m", "score": 7}\n')
+    path.write_text('{"prompt_id": "p", "model": "m", "score": 0.5}\n{bad\n'
+                    '{"prompt_id": "q", "model": "m", "score": 7}\n')
     with pytest.raises(DataError, match=r"o.jsonl:2: invalid_json.*\(2 malformed rows in all; the first is shown\)"):
         load_outcome_table(path)
 

@@ -77,6 +77,7 @@ def test_estimator_report_routing_curve_by_hand():
     assert curve[0.0] == 0.5 and curve[0.25] == 0.75 and curve[0.5] == 1.0 and curve[1.0] == 0.75
     assert report["routing"]["strong_assumed_always_correct"] is False
     assumed = estimator_report(confidence, weak, weak, None, n_bootstrap=0)
-    assert assumed["routing"]["strong_assumed_always_correct"] is True and assumed["routing"]["curve"]["accuracy"][-1] == 1.0
+    assert (assumed["routing"]["strong_assumed_always_correct"] is True
+            and assumed["routing"]["curve"]["accuracy"][-1] == 1.0)
     with pytest.raises(DataError, match="probabilities"):
         estimator_report(np.array([np.nan, 0.5]), np.array([1.0, 0.0]), np.array([1.0, 0.0]), None)

@@ -10,8 +10,8 @@ import pytest
 
 from routerforge.label import templates
 
-_ANSWER = re.compile(r"\[Question\]\n(.*)\n\n\[The Start of Assistant's Answer\]\n(.*)\n\[The End of Assistant's Answer\]$",
-                     re.S)
+_ANSWER = re.compile(r"\[Question\]\n(.*)\n\n\[The Start of Assistant's Answer\]\n(.*)"
+                     r"\n\[The End of Assistant's Answer\]$", re.S)
 
 
 def _mt_bench(data_dir, template: str) -> list[dict]:

@@ -201,7 +201,8 @@ def test_a_shared_cost_window_makes_two_processes_score_like_one(pool, tasks):
     envs = [RoutingEnv(pool, RewardConfig(match_numbers=True, cost_weight=0.5), CostNormalizer(window=100),
                        EnvConfig(max_turns=2), cost_gather=lambda mine, rank=rank: (costs, 2 * rank))
             for rank in range(2)]
-    split = [r for env, half in zip(envs, halves, strict=True) for r in env.rollout_many(half, scripted(scripts_for(half)))]
+    split = [r for env, half in zip(envs, halves, strict=True)
+             for r in env.rollout_many(half, scripted(scripts_for(half)))]
     assert [r.reward.cost_reward for r in split] == pytest.approx([r.reward.cost_reward for r in single])
     assert [r.reward.reward for r in split] == pytest.approx([r.reward.reward for r in single])
     assert envs[0].normalizer.state_dict() == envs[1].normalizer.state_dict() == whole.normalizer.state_dict()

@@ -214,7 +214,8 @@ def test_upstream_5xx_and_timeout_fall_back_to_the_other_model(proxy, fakes):
     state, url = proxy
     api = client(url)
     fakes["strong"].status_override = 503
-    raw = api.chat.completions.with_raw_response.create(model="router-always-strong", messages=ask("capital of France?"))
+    raw = api.chat.completions.with_raw_response.create(model="router-always-strong",
+                                                        messages=ask("capital of France?"))
     assert raw.headers["x-router-model"] == rr.WEAK and raw.headers["x-router-fallback-from"] == rr.STRONG
     assert raw.parse().choices[0].message.content == fakes["weak"].answer("capital of France?")
     assert len(fakes["strong"].received) == 1 and len(fakes["weak"].received) == 1
@@ -298,7 +299,8 @@ def test_routing_text_and_config_errors(router, serve_env, checkpoint):
     config = load_config(ServeConfig, config_path)
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv("RF_TEST_WEAK_KEY")
-        with pytest.raises(ConfigError, match="weak model's API key: the environment variable RF_TEST_WEAK_KEY is not set"):
+        with pytest.raises(ConfigError,
+                           match="weak model's API key: the environment variable RF_TEST_WEAK_KEY is not set"):
             build_state(router, config)
     assert UPSTREAM_KEYS["strong"] not in repr(resolve_upstream(rr.STRONG, config.strong, "strong"))
 

@@ -76,7 +76,8 @@ def test_config_loads_with_accelerates_own_classes(name):
     assert isinstance(config, ClusterConfig)
     assert ClusterConfig.from_yaml_file(str(path)).to_dict() == config.to_dict()
     distributed_type, processes, machines = CONFIGS[name]
-    assert (config.distributed_type, config.num_processes, config.num_machines) == (distributed_type, processes, machines)
+    assert ((config.distributed_type, config.num_processes, config.num_machines)
+            == (distributed_type, processes, machines))
     args, _, env = launcher_view(path)
     assert args.num_processes == processes and args.num_machines == machines
     if machines > 1:  # torchrun gets one node's share

@@ -137,7 +137,8 @@ def test_export_is_atomic_and_holds_exactly_its_files(tmp_path):
     export_router(target, {"w": torch.ones(2)}, {"router_type": "t"}, {"recipe": "t"})
     assert sorted(p.name for p in target.iterdir()) == sorted(EXPORT_FILES)
     manifest = json.loads((target / "manifest.json").read_text())
-    assert manifest["files"]["model.safetensors"] == hashlib.sha256((target / "model.safetensors").read_bytes()).hexdigest()
+    assert (manifest["files"]["model.safetensors"]
+            == hashlib.sha256((target / "model.safetensors").read_bytes()).hexdigest())
     good = (target / "model.safetensors").read_bytes()
     # An export that fails half-way leaves the previous one untouched and no temp dir behind.
     with pytest.raises(AttributeError):
@@ -162,8 +163,9 @@ def test_shared_config_blocks_validate_with_the_key_in_the_message():
 def test_mf_config_defaults_are_the_papers_and_typos_name_the_key(tmp_path):
     recipe = load_recipe_module("train_mf")
     cfg = load_config(recipe.MFConfig, None, [])
-    assert (cfg.model.model_embedding_dim, cfg.optim.name, cfg.optim.lr, cfg.optim.weight_decay,
-            cfg.run.micro_batch_size, cfg.model.prompt_noise_std, cfg.run.epochs) == (128, "adam", 3e-4, 1e-5, 64, 0.1, 100)
+    assert ((cfg.model.model_embedding_dim, cfg.optim.name, cfg.optim.lr, cfg.optim.weight_decay,
+             cfg.run.micro_batch_size, cfg.model.prompt_noise_std, cfg.run.epochs)
+            == (128, "adam", 3e-4, 1e-5, 64, 0.1, 100))
     with pytest.raises(ConfigError, match=r"unknown config key 'model.prompt_noise'.*Did you mean 'prompt_noise_std'"):
         load_config(recipe.MFConfig, None, ["model.prompt_noise=0.2"])
     yaml_path = tmp_path / "bad.yaml"
