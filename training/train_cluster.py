@@ -1,9 +1,9 @@
-"""Fit a UniRoute cluster router: k-means clusters of prompt embeddings + per-cluster quality/cost table.
+r"""Fit a UniRoute cluster router: k-means clusters of prompt embeddings + per-cluster quality/cost table.
 
     accelerate launch training/train_cluster.py --config configs/cluster/default.yaml [key=value ...]
-    accelerate launch --config_file launch/accelerate/cpu_2proc.yaml training/train_cluster.py
+    accelerate launch --config_file launch/accelerate/cpu_2proc.yaml training/train_cluster.py \
         --config configs/cluster/tiny.yaml
-    accelerate launch --config_file launch/accelerate/single_gpu.yaml training/train_cluster.py
+    accelerate launch --config_file launch/accelerate/single_gpu.yaml training/train_cluster.py \
         --config configs/cluster/default.yaml
     ... init.from_export=checkpoints/cluster/base/final run.name=added   # add unseen models from a small sample
 

@@ -1,10 +1,10 @@
-"""Train a BEST-Route-style multi-head difficulty router on a transformer encoder.
+r"""Train a BEST-Route-style multi-head difficulty router on a transformer encoder.
 
     accelerate launch training/train_difficulty.py --config configs/difficulty/default.yaml [key=value ...]
     accelerate launch training/train_difficulty.py --config configs/difficulty/deberta_v3_small.yaml   # Hub online
-    accelerate launch --config_file launch/accelerate/cpu_2proc.yaml training/train_difficulty.py
+    accelerate launch --config_file launch/accelerate/cpu_2proc.yaml training/train_difficulty.py \
         --config configs/difficulty/tiny.yaml
-    accelerate launch --config_file launch/accelerate/single_gpu.yaml training/train_difficulty.py
+    accelerate launch --config_file launch/accelerate/single_gpu.yaml training/train_difficulty.py \
         --config configs/difficulty/default.yaml
     ... model.lora.enabled=true                       # LoRA adapters (PEFT) instead of full fine-tuning
     ... resume=auto                                   # continue the run from its newest complete checkpoint

@@ -1,8 +1,8 @@
-"""Fit a kNN router: the training prompts' embeddings + every model's scores, k chosen on validation.
+r"""Fit a kNN router: the training prompts' embeddings + every model's scores, k chosen on validation.
 
     accelerate launch training/train_knn.py --config configs/knn/default.yaml [key=value ...]
     accelerate launch training/train_knn.py --config configs/knn/default.yaml data.path=data/processed/mine
-    accelerate launch training/train_knn.py --config configs/knn/default.yaml
+    accelerate launch training/train_knn.py --config configs/knn/default.yaml \
         select.strong=gpt-4o select.weak=llama-3-8b
 
 Method (routerforge/models/knn.py): a model's expected score on a prompt is the similarity-weighted mean of

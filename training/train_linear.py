@@ -1,8 +1,8 @@
-"""Fit a linear router: one logistic-regression head per model on the frozen prompt embedding.
+r"""Fit a linear router: one logistic-regression head per model on the frozen prompt embedding.
 
     accelerate launch training/train_linear.py --config configs/linear/default.yaml [key=value ...]
     accelerate launch training/train_linear.py --config configs/linear/default.yaml data.path=data/processed/mine
-    accelerate launch training/train_linear.py --config configs/linear/default.yaml
+    accelerate launch training/train_linear.py --config configs/linear/default.yaml \
         select.strong=gpt-4o select.weak=llama-3-8b
 
 Method (routerforge/models/linear.py): P(m answers q well) = σ(w_m · e(q) + b_m), one scikit-learn

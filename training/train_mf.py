@@ -1,8 +1,8 @@
-"""Train RouteLLM's matrix-factorization router on preference pairs.
+r"""Train RouteLLM's matrix-factorization router on preference pairs.
 
     accelerate launch training/train_mf.py --config configs/mf/default.yaml [key=value ...]
     accelerate launch --config_file launch/accelerate/cpu_2proc.yaml training/train_mf.py --config configs/mf/tiny.yaml
-    accelerate launch --config_file launch/accelerate/single_gpu.yaml training/train_mf.py
+    accelerate launch --config_file launch/accelerate/single_gpu.yaml training/train_mf.py \
         --config configs/mf/default.yaml
     ... resume=auto                                   # continue the run from its newest complete checkpoint
     ... init.from_export=checkpoints/mf/base/final init.train_only_new_models=true   # add models to a trained router

@@ -1,9 +1,9 @@
-"""Train uncertainty probes: P(the weak model answers correctly) from an LM's hidden states, and route on it.
+r"""Train uncertainty probes: P(the weak model answers correctly) from an LM's hidden states, and route on it.
 
-    accelerate launch training/train_probe.py --config configs/probe/default.yaml   # hidden states (if missing),
-                                                                                      probes, report
+    # hidden states (extracted when missing), probes, selection, report:
+    accelerate launch training/train_probe.py --config configs/probe/default.yaml
     python data_prep/hidden_states.py --config configs/probe/default.yaml           # or: the hidden states alone, first
-    accelerate launch --config_file launch/accelerate/cpu_2proc.yaml training/train_probe.py
+    accelerate launch --config_file launch/accelerate/cpu_2proc.yaml training/train_probe.py \
         --config configs/probe/tiny.yaml
     ... resume=auto                                   # continue the run from its newest complete checkpoint
 
