@@ -3,6 +3,7 @@
     .venv/bin/python bench/bench_quality.py                                   # every set, family and baseline
     .venv/bin/python bench/bench_quality.py --sets mmlu_pro,gsm8k --families knn,mf
     .venv/bin/python bench/bench_quality.py --quick                           # a few hundred questions per set
+    .venv/bin/python bench/bench_quality.py --reuse-exports                   # re-score earlier exports, add baselines
     make bench-quality                                                        # the same as the first line
 
 For each set the bench writes a data config, runs `routerforge prep` on it (the product's own readers,
@@ -160,17 +161,33 @@ def prepare(bench_set: BenchSet, work: Path, cache_dir: Path, quick: int | None,
     return work / "datasets" / bench_set.name
 
 
-def train_family(family: str, dataset: Path, work: Path, set_name: str, threads: int) -> tuple[Path, dict]:
+def reusable_export(export: Path, timing: Path, fingerprint: str) -> float | None:
+    """The wall seconds of an earlier bench training of this export, if it was trained on the same prepared data."""
+    try:
+        manifest = json.loads((export / "manifest.json").read_text())
+        seconds = json.loads(timing.read_text())["wall_seconds"]
+    except (OSError, ValueError, KeyError):
+        return None
+    return float(seconds) if (manifest.get("data") or {}).get("fingerprint") == fingerprint else None
+
+
+def train_family(family: str, dataset, work: Path, set_name: str, threads: int,
+                 reuse: bool = False) -> tuple[Path, dict]:
     out = work / set_name / "checkpoints"
-    cmd = [sys.executable, f"training/train_{family}.py", "--config", f"configs/{family}/default.yaml",
-           f"data.path={dataset}", f"run.output_dir={out}", f"run.name={set_name}",
-           *FAMILIES[family].bench_overrides]
-    seconds = run_logged(cmd, work / set_name / f"train_{family}.log", threads)
     export = out / family / set_name / "final"
+    timing = work / set_name / f"train_{family}.timing.json"
+    seconds = reusable_export(export, timing, dataset.fingerprint) if reuse else None
+    reused = seconds is not None
+    if not reused:
+        cmd = [sys.executable, f"training/train_{family}.py", "--config", f"configs/{family}/default.yaml",
+               f"data.path={dataset.path}", f"run.output_dir={out}", f"run.name={set_name}",
+               *FAMILIES[family].bench_overrides]
+        seconds = run_logged(cmd, work / set_name / f"train_{family}.log", threads)
+        timing.write_text(json.dumps({"wall_seconds": seconds}) + "\n")
     manifest = json.loads((export / "manifest.json").read_text())
     training = manifest.get("training", {})
     samples = training.get("train_samples")
-    return export, {"wall_seconds": seconds, "train_samples": samples,
+    return export, {"wall_seconds": seconds, "train_samples": samples, "reused_export": reused,
                     "samples_per_second": samples / seconds if samples else None}
 
 
@@ -370,9 +387,10 @@ def run_set(bench_set: BenchSet, args, work: Path) -> dict:
     exports, train_info = {}, {}
     for family in args.families:
         try:
-            exports[family], train_info[family] = train_family(family, dataset.path, work, bench_set.name,
-                                                               args.threads)
-            print(f"[{bench_set.name}] {family}: trained in {train_info[family]['wall_seconds']:.0f} s", flush=True)
+            exports[family], train_info[family] = train_family(family, dataset, work, bench_set.name,
+                                                               args.threads, reuse=args.reuse_exports)
+            how = "reused the export trained" if train_info[family]["reused_export"] else "trained"
+            print(f"[{bench_set.name}] {family}: {how} in {train_info[family]['wall_seconds']:.0f} s", flush=True)
         except RuntimeError as err:
             print(f"[{bench_set.name}] {family}: FAILED\n{err}", flush=True)
             train_info[family] = {"error": str(err).splitlines()[0]}
@@ -515,6 +533,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads per training process")
     parser.add_argument("--routellm-pair-budget", type=float, default=5e6,
                         help="RouteLLM MF epochs = min(100, budget / training pairs)")
+    parser.add_argument("--reuse-exports", action="store_true",
+                        help="score a family's export already in --work when it was trained by this bench on the same "
+                             "prepared data (fingerprint checked) instead of training it again; its train time is the "
+                             "earlier run's")
     parser.add_argument("--routellm-venv", type=Path, default=None, help="where the routellm venv lives (reused)")
     args = parser.parse_args(argv)
     args.families = [f for f in args.families.split(",") if f]
