@@ -35,12 +35,13 @@ import torch
 from torch import nn
 
 from routerforge.errors import CheckpointError, DataError
+from routerforge.io.safetensors_file import load_export_weights
 from routerforge.models.family_scorer import (
     WEIGHTS_FILE,
     FamilyScorer,
     build_prompt_embedder,
+    check_pool_width,
     index_of,
-    load_weights,
 )
 
 KMEANS_INITS = ("kmeans++", "random")
@@ -362,12 +363,10 @@ def load_family_scorer(directory: Path, manifest: dict, config: dict, *, batch_s
     pair score = quality[strong] − quality[weak], the expected score gained by calling the strong model."""
     models = tuple(config["model_pool"])
     try:
-        router = ClusterRouter.from_state_dict(load_weights(directory))
+        router = ClusterRouter.from_state_dict(load_export_weights(directory))
     except ValueError as err:
         raise CheckpointError(f"{directory / WEIGHTS_FILE}: not a cluster router ({err}); re-export.") from None
-    if router.num_models != len(models):
-        raise CheckpointError(f"{directory / WEIGHTS_FILE}: table has {router.num_models} model columns but the pool "
-                              f"lists {len(models)}: another model pool; re-export.")
+    check_pool_width(directory, router.num_models, "a quality/cost table", models)
     router.to(device)
     embed, encoder_id = build_prompt_embedder(manifest["encoder"], router.prompt_embedding_dim,
                                               batch_size=batch_size, device=device,

@@ -32,7 +32,6 @@ import numpy as np
 
 from routerforge.errors import CheckpointError
 from routerforge.io.names import WEIGHTS_FILE
-from routerforge.io.safetensors_file import load_export_weights
 
 
 @dataclass(frozen=True)
@@ -106,10 +105,12 @@ def build_prompt_embedder(block: dict, expected_dim: int, *, batch_size: int, de
     return embed, encoder.encoder_id
 
 
-def load_weights(directory: Path) -> dict:
-    """The tensors of model.safetensors: a file that is not safetensors (a pickle renamed, even with its
-    manifest sha256 rewritten to match) is refused unread with UnsafeWeightsError, never unpickled."""
-    return load_export_weights(directory, WEIGHTS_FILE)
+def check_pool_width(directory: Path, width: int, what: str, models: tuple[str, ...]) -> None:
+    """CheckpointError unless the weights hold one `what` per model of config.json's pool: rows of another
+    pool would be read as other models."""
+    if width != len(models):
+        raise CheckpointError(f"{directory / WEIGHTS_FILE}: {what} for {width} models but the pool lists "
+                              f"{len(models)}: another model pool; re-export.")
 
 
 def index_of(models: tuple[str, ...]) -> dict[str, int]:

@@ -30,13 +30,13 @@ from pathlib import Path
 import numpy as np
 
 from routerforge.errors import CheckpointError, DataError
+from routerforge.io.safetensors_file import load_export_weights
 from routerforge.models.cluster import embedding_matrix
 from routerforge.models.family_scorer import (
-    WEIGHTS_FILE,
     FamilyScorer,
     build_prompt_embedder,
+    check_pool_width,
     expected_gain_scorer,
-    load_weights,
 )
 
 STATE_KEYS = ("embeddings", "scores", "prior_mean")
@@ -170,14 +170,12 @@ def load_family_scorer(directory: Path, manifest: dict, config: dict, *, batch_s
 
     models = tuple(config["model_pool"])
     try:
-        router = KNNRouter.from_state_dict(load_weights(directory))
+        router = KNNRouter.from_state_dict(load_export_weights(directory))
         settings = KNNSettings(int(config["k"]), float(config["prior_strength"]), str(config["weighting"]),
                                float(config["temperature"]))
     except (ValueError, KeyError) as err:
         raise CheckpointError(f"{directory}: not a kNN router ({err}); re-export.") from None
-    if router.num_models != len(models):
-        raise CheckpointError(f"{directory / WEIGHTS_FILE}: score table has {router.num_models} model columns but "
-                              f"the pool lists {len(models)}: another model pool; re-export.")
+    check_pool_width(directory, router.num_models, "a score table", models)
     embed, encoder_id = build_prompt_embedder(manifest["encoder"], router.prompt_embedding_dim,
                                               batch_size=batch_size, device=device,
                                               embedding_cache_dir=embedding_cache_dir)

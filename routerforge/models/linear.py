@@ -21,12 +21,12 @@ from pathlib import Path
 import numpy as np
 
 from routerforge.errors import CheckpointError, DataError
+from routerforge.io.safetensors_file import load_export_weights
 from routerforge.models.family_scorer import (
-    WEIGHTS_FILE,
     FamilyScorer,
     build_prompt_embedder,
+    check_pool_width,
     expected_gain_scorer,
-    load_weights,
 )
 
 STATE_KEYS = ("weight", "bias")
@@ -105,12 +105,10 @@ def load_family_scorer(directory: Path, manifest: dict, config: dict, *, batch_s
 
     models = tuple(config["model_pool"])
     try:
-        router = LinearRouter.from_state_dict(load_weights(directory))
+        router = LinearRouter.from_state_dict(load_export_weights(directory))
     except ValueError as err:
         raise CheckpointError(f"{directory}: not a linear router ({err}); re-export.") from None
-    if router.num_models != len(models):
-        raise CheckpointError(f"{directory / WEIGHTS_FILE}: {router.num_models} heads but the pool lists "
-                              f"{len(models)} models: another model pool; re-export.")
+    check_pool_width(directory, router.num_models, "logistic heads", models)
     embed, encoder_id = build_prompt_embedder(manifest["encoder"], router.prompt_embedding_dim,
                                               batch_size=batch_size, device=device,
                                               embedding_cache_dir=embedding_cache_dir)

@@ -26,12 +26,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from routerforge.errors import CheckpointError
+from routerforge.io.safetensors_file import load_export_weights
 from routerforge.models.family_scorer import (
     WEIGHTS_FILE,
     FamilyScorer,
     build_prompt_embedder,
     index_of,
-    load_weights,
     sigmoid,
 )
 
@@ -147,7 +147,7 @@ def load_family_scorer(directory: Path, manifest: dict, config: dict, *, batch_s
     model = MFModel(int(config["num_models"]), int(config["prompt_embedding_dim"]),
                     int(config["model_embedding_dim"]), bool(config["use_projection"]))
     try:
-        model.load_state_dict(load_weights(directory))
+        model.load_state_dict(load_export_weights(directory))
     except RuntimeError as err:
         raise CheckpointError(f"{directory / WEIGHTS_FILE}: weights do not fit config.json "
                               f"({str(err).splitlines()[0]}); re-export.") from None

@@ -17,7 +17,8 @@ import torch
 from torch import nn
 
 from routerforge.errors import CheckpointError
-from routerforge.models.family_scorer import FamilyScorer, expected_gain_scorer, load_weights
+from routerforge.io.safetensors_file import load_export_weights
+from routerforge.models.family_scorer import FamilyScorer, expected_gain_scorer
 from routerforge.registry import families
 from routerforge.registry.families import FAMILIES, Family, register_family
 from routerforge.registry.register import finalize_export
@@ -43,7 +44,7 @@ def load_family_scorer(directory: Path, manifest: dict, config: dict, *, batch_s
                        embedding_cache_dir: str | None = None) -> FamilyScorer:
     models = tuple(config["model_pool"])
     router = PromptLengthRouter(len(models))
-    router.load_state_dict(load_weights(directory))
+    router.load_state_dict(load_export_weights(directory))
 
     def predict(log_length: np.ndarray) -> np.ndarray:
         with torch.no_grad():
