@@ -680,7 +680,7 @@ def run_hidden_states(cfg: HiddenStatesConfig, progress: bool = True) -> StageRe
             atomic_write_text(plan_path, json.dumps(plan, indent=1, sort_keys=True) + "\n")
     state.wait_for_everyone()
     result = StageResult(output_dir=out_dir, shards_total=len(shards), world_size=state.num_processes)
-    if (out_dir / COMPLETE_MARKER).is_file():
+    if store_is_complete(out_dir):
         result.shards_skipped = list(range(state.process_index, len(shards), state.num_processes))
         return result
     mine = list(range(state.process_index, len(shards), state.num_processes))
@@ -785,7 +785,7 @@ def load_hidden_states(path: str | Path, verify: bool = True) -> HiddenStates:
     from routerforge.io.digest import sha256_file
 
     path = Path(path)
-    if not (path / COMPLETE_MARKER).is_file():
+    if not store_is_complete(path):
         raise DataError(f"{path} is not a complete hidden-state store (no {COMPLETE_MARKER}); run "
                         f"data_prep/hidden_states.py (it resumes where it stopped).")
     index = json.loads((path / INDEX_FILE).read_text(encoding="utf-8"))
