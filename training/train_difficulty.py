@@ -30,6 +30,7 @@ Exit status: 0 trained and exported; 2 a user error (one line: config, data, che
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,7 +69,12 @@ from routerforge.registry.register import register_run_export
 from routerforge.train import early_stopping, nan_guard
 from routerforge.train.accelerator_setup import seed_for_model_init, seed_for_training
 from routerforge.train.consistency import agreed_parameter_digests
-from routerforge.train.data_loading import batches_for_epoch, build_eval_loader, build_train_loader
+from routerforge.train.data_loading import (
+    LengthGroupedEpochSampler,
+    batches_for_epoch,
+    build_eval_loader,
+    build_train_loader,
+)
 from routerforge.train.entrypoint import run_recipe
 from routerforge.train.lifecycle import LoopOutcome, Position, RunContext, dataset_facts, start_run
 from routerforge.train.optimization import build_lr_scheduler, build_optimizer, warmup_steps_for
@@ -97,6 +103,10 @@ class DifficultyDataConfig:
                     default="data/processed/demo")
     train_split: str = doc("split of the outcomes and pairs tables to train on", default="train")
     eval_split: str = doc("split to evaluate on; empty string: none", default="validation")
+    group_by_length: bool = doc("batch prompts of similar token length together, as transformers' Trainer "
+                                "group_by_length (a seeded shuffle, sorted by length within mega-batches of 50 "
+                                "micro-batches): each batch pads to its own longest prompt, so far fewer padding "
+                                "tokens are computed (bool; false: a plain shuffle)", default=True)
 
 
 @dataclass(frozen=True)
@@ -334,8 +344,11 @@ def load_training_data(cfg: DifficultyConfig, accelerator) -> TrainingData:
                             f"{train_examples.stats['candidate_labels_dropped']}); check labels.best_of_n.")
     eval_examples = examples(cfg.data.eval_split) if cfg.data.eval_split else None
     collate = collate_examples(tokenizer.pad_token_id)
-    train_loader = build_train_loader(train_examples, cfg.run.micro_batch_size, cfg.run.seed, collate_fn=collate)
-    eval_loader = (build_eval_loader(eval_examples, cfg.run.micro_batch_size, collate_fn=collate)
+    train_loader = build_train_loader(train_examples, cfg.run.micro_batch_size, cfg.run.seed, collate_fn=collate,
+                                      lengths=train_examples.token_counts() if cfg.data.group_by_length else None)
+    # Evaluation sums over prompts, so its order is free: longest first, each batch padded to its own length.
+    eval_loader = (build_eval_loader(eval_examples, cfg.run.micro_batch_size, collate_fn=collate,
+                                     lengths=eval_examples.token_counts())
                    if eval_examples is not None and len(eval_examples) else None)
     return TrainingData(data=data, model_pool=model_pool, use_candidates=use_candidates, use_difficulty=use_difficulty,
                         use_win=use_win, reference=reference, candidates=candidates, backbone=backbone,
@@ -408,8 +421,14 @@ def fit(ctx: RunContext, router: DifficultyRouter, td: TrainingData) -> tuple[Lo
     window_parts: dict[str, tuple] = {}  # head -> (sum of batch losses, batches with its labels)
     last_train_loss, history = float("nan"), []
     samples_seen, loop_started = 0, time.perf_counter()
+    # Length-grouped batches come longest first: project the ETA over one whole mega-batch of them.
+    sampler = td.train_loader.sampler
+    group_steps = (math.ceil(sampler.micro_batches_per_group() / accelerator.num_processes
+                             / cfg.run.gradient_accumulation_steps) if isinstance(sampler, LengthGroupedEpochSampler)
+                   else 1)
     eta = EtaReporter(accelerator, RECIPE, optimizer_step, total_optimizer_steps, cfg.run.time_budget_minutes,
-                      early_stopping=bool(stopper and cfg.run.early_stopping_patience_evals))
+                      early_stopping=bool(stopper and cfg.run.early_stopping_patience_evals),
+                      min_measured_steps=group_steps)
     eval_history = []
     router.train()
     while optimizer_step < total_optimizer_steps and epoch < cfg.run.epochs and not (stopper and stopper.stopped_early):

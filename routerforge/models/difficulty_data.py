@@ -86,6 +86,10 @@ class DifficultyExamples(Dataset):
     def __len__(self) -> int:
         return len(self.prompt_ids)
 
+    def token_counts(self) -> list[int]:
+        """Each example's prompt length in tokens (after truncation), in example order."""
+        return [len(ids) for ids in self.input_ids]
+
     def __getitem__(self, i: int) -> dict:
         return {"input_ids": self.input_ids[i], "candidate_labels": self.candidate_labels[i],
                 "candidate_mask": self.candidate_mask[i], "difficulty": self.difficulty[i],

@@ -55,8 +55,12 @@ class EtaReporter:
     """Prints, once, the projected duration of the remaining steps and a budget warning (main process)."""
 
     def __init__(self, accelerator: Accelerator, recipe: str, first_step: int, total_optimizer_steps: int,
-                 budget_minutes: float | None, early_stopping: bool = False) -> None:
+                 budget_minutes: float | None, early_stopping: bool = False, min_measured_steps: int = 1) -> None:
+        """`min_measured_steps`: time at least this many steps after the first before projecting. Batches grouped
+        by length come longest first, then shorter within each mega-batch: a projection from the first steps
+        alone would be far too long, one over a whole mega-batch is representative."""
         self.accelerator = accelerator
+        self.min_measured_steps = max(1, min_measured_steps)
         self.recipe = recipe
         self.first_step = first_step
         self.total = total_optimizer_steps
@@ -80,7 +84,9 @@ class EtaReporter:
             return None
         timed_step, timed_clock = self.timed_from
         done, elapsed = optimizer_step - timed_step, now - timed_clock
-        if done < 1 or (elapsed < ETA_AFTER_SECONDS and done < ETA_AFTER_FRACTION * (self.total - self.first_step)):
+        measurable = min(self.min_measured_steps, self.total - timed_step)  # a short run: all of it
+        if done < measurable or (elapsed < ETA_AFTER_SECONDS
+                                 and done < ETA_AFTER_FRACTION * (self.total - self.first_step)):
             return None
         self.reported = True
         remaining_seconds = elapsed / done * (self.total - optimizer_step)

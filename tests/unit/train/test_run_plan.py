@@ -55,6 +55,26 @@ def test_eta_is_reported_once_with_a_budget_warning(monkeypatch):
     assert eta.observe(20) is None and printer.lines == [message]
 
 
+def test_eta_over_length_grouped_batches_waits_for_a_whole_mega_batch(monkeypatch):
+    import routerforge.train.run_plan as run_plan
+
+    # Batches grouped by length: the first steps are the longest (10 s), the rest of the group shorter (2 s).
+    clock = iter([0.0, 10.0, 20.0, 30.0, 38.0, 40.0])
+    monkeypatch.setattr(run_plan.time, "perf_counter", lambda: next(clock))
+    eta = EtaReporter(_Printer(), "difficulty", first_step=0, total_optimizer_steps=100, budget_minutes=None,
+                      min_measured_steps=4)
+    assert eta.observe(1) is None
+    assert eta.observe(2) is None and eta.observe(3) is None  # 20 s for 2 steps: 10 s/step would mislead
+    assert eta.observe(4) is None
+    message = eta.observe(5)  # 4 steps in 30 s after the first: 7.5 s/step, 95 more take ~11.9 min
+    assert "4 optimizer steps in 30.0 s; the remaining 95 would take ~11.9 min" in message
+    monkeypatch.setattr(run_plan.time, "perf_counter", iter([0.0, 1.0, 2.0, 3.0]).__next__)
+    short = EtaReporter(_Printer(), "difficulty", first_step=0, total_optimizer_steps=3, budget_minutes=None,
+                        min_measured_steps=50)
+    assert short.observe(1) is None and short.observe(2) is None
+    assert "the remaining 0 would take" in short.observe(3)  # a run shorter than a group: measured to its end
+
+
 def test_single_process_cpu_launch_left_at_one_thread_uses_every_core():
     import os
 

@@ -19,7 +19,9 @@ from routerforge.data.records import PAIR_FEATURES, make_pair, prompt_id_for
 from routerforge.errors import ConfigError, DataError
 from routerforge.train.data_loading import (
     EpochShuffleSampler,
+    LengthGroupedEpochSampler,
     batches_for_epoch,
+    build_eval_loader,
     build_train_loader,
     normalize_position,
 )
@@ -59,6 +61,44 @@ def test_skipping_batches_resumes_the_epoch_where_it_stopped(accelerator):
         tail = [b[0].tolist() for b in batches_for_epoch(accelerator, loader, epoch, 4)]
         assert tail == full[4:]
     assert normalize_position(0, 6, 6) == (1, 0) and normalize_position(2, 3, 6) == (2, 3)
+
+
+def padded_tokens(order: list[int], lengths: list[int], micro_batch_size: int) -> int:
+    """Tokens a batch-pads-to-its-longest collate computes for the micro-batches of `order`."""
+    return sum(max(lengths[i] for i in order[s:s + micro_batch_size]) * len(order[s:s + micro_batch_size])
+               for s in range(0, len(order), micro_batch_size))
+
+
+def test_length_grouped_order_is_a_seeded_permutation_that_pads_far_less():
+    lengths = torch.randint(8, 400, (1000,), generator=torch.Generator().manual_seed(0)).tolist()
+    sampler = LengthGroupedEpochSampler(lengths, micro_batch_size=16, seed=7)
+    first = list(sampler)
+    assert sorted(first) == list(range(1000)) and first == list(sampler)
+    sampler.set_epoch(1)
+    second = list(sampler)
+    assert sorted(second) == list(range(1000)) and second != first
+    assert list(LengthGroupedEpochSampler(lengths, micro_batch_size=16, seed=8)) != first
+    shuffled = list(EpochShuffleSampler(1000, seed=7))
+    assert padded_tokens(first, lengths, 16) < 0.7 * padded_tokens(shuffled, lengths, 16)
+    # Not a global sort: mega-batches keep the epoch random (the first 50 micro-batches hold all lengths).
+    assert max(lengths[i] for i in first[:800]) > 390 and min(lengths[i] for i in first[:800]) < 12
+
+
+def test_length_grouped_loader_resumes_the_epoch_where_it_stopped(accelerator):
+    lengths = [(7 * i) % 23 + 1 for i in range(45)]
+    loader = accelerator.prepare(build_train_loader(TensorDataset(torch.arange(45)), micro_batch_size=4, seed=3,
+                                                    lengths=lengths))
+    full = [b[0].tolist() for b in batches_for_epoch(accelerator, loader, 1, 0)]
+    assert sorted(sum(full, [])) == list(range(45))
+    assert [b[0].tolist() for b in batches_for_epoch(accelerator, loader, 1, 5)] == full[5:]
+
+
+def test_eval_loader_with_lengths_visits_every_example_once_longest_first():
+    lengths = [5, 30, 2, 30, 17, 9, 1]
+    batches = [b[0].tolist() for b in build_eval_loader(TensorDataset(torch.arange(7)), 3, lengths=lengths)]
+    assert batches == [[1, 3, 4], [5, 0, 2], [6]]
+    assert [b[0].tolist() for b in build_eval_loader(TensorDataset(torch.arange(7)), 3)] == [[0, 1, 2], [3, 4, 5],
+                                                                                            [6]]
 
 
 def test_iterating_a_loader_leaves_the_global_rng_alone(accelerator):
