@@ -2,6 +2,8 @@
 
 Tiny config on the fixture dataset: 129 training prompts (73 with both models' MMLU outcomes, the rest with
 Arena votes) / micro-batch 16 = 9 micro-batches per epoch on 1 process (5 per process on 2), 3 epochs.
+The uninterrupted 2-epoch runs (1 and 2 processes) are the session's shared ones (tests/fixtures/difficulty_runs.py),
+which the SIGKILL/resume tests compare against too.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from routerforge.errors import CheckpointError
 from routerforge.models.difficulty import DifficultyHeads, HeadSpec, load_router
 from routerforge.train.consistency import parameter_digest
 from routerforge.train.faults import NONFINITE_LOSS_STEPS_ENV, NONFINITE_LOSS_VALUE_ENV
+from tests.fixtures import difficulty_runs
 from tests.fixtures.recipe_runner import (
     ACCELERATE,
     REPO_ROOT,
@@ -32,7 +35,7 @@ from tests.fixtures.recipe_runner import (
 )
 from tests.fixtures.tiny_dataset import read_arena_pairs
 from tests.fixtures.tiny_deberta import tiny_deberta_dir, tiny_deberta_spec
-from tests.fixtures.tiny_difficulty_dataset import build_tiny_difficulty_dataset, write_outcomes_and_pairs
+from tests.fixtures.tiny_difficulty_dataset import write_outcomes_and_pairs
 from tests.fixtures.tiny_outcomes_dataset import read_mmlu_outcomes
 
 CONFIG = "configs/difficulty/tiny.yaml"
@@ -43,7 +46,7 @@ EXPORT_FILES = ["backbone/config.json", "backbone/model.safetensors", "config.js
 
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory):
-    return build_tiny_difficulty_dataset(tmp_path_factory.mktemp("data"))
+    return difficulty_runs.tiny_data(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
@@ -181,12 +184,13 @@ def test_heads_follow_the_data(backbone, tmp_path):
     assert config["heads"]["num_models"] == 0 and config["heads"]["num_candidates"] == 1
 
 
-def test_stop_then_resume_auto_matches_an_uninterrupted_run(tiny_data, backbone, tmp_path):
+def test_stop_then_resume_auto_matches_an_uninterrupted_run(tiny_data, backbone, tmp_path_factory, tmp_path):
     # In-process and fast (the SIGKILL versions are in tests/reliability/test_kill_resume_difficulty.py): a run
     # stopped after optimizer step 5 (checkpoint at step 3, mid-epoch 0) and resumed with resume=auto ends
-    # bit-identical to an uninterrupted run. Dropout makes this depend on the restored RNG state.
+    # bit-identical to an uninterrupted run (the shared in-process one: 2 epochs, a checkpoint every 3 steps).
+    # Dropout makes this depend on the restored RNG state.
     ckpt = ["checkpoint.every_optimizer_steps=3", "checkpoint.keep_last=5", "run.epochs=2"]
-    run_recipe_in_process("train_difficulty", argv(tiny_data, tmp_path / "full", backbone, *ckpt))
+    full_run = difficulty_runs.uninterrupted(tmp_path_factory, 1)
     run_recipe_in_process("train_difficulty", argv(tiny_data, tmp_path / "split", backbone, *ckpt,
                                                    "run.max_optimizer_steps=5"))
     with pytest.raises(CheckpointError, match="already holds step checkpoints.*resume=auto"):
@@ -194,7 +198,7 @@ def test_stop_then_resume_auto_matches_an_uninterrupted_run(tiny_data, backbone,
     result = run_recipe_in_process("train_difficulty", argv(tiny_data, tmp_path / "split", backbone, *ckpt,
                                                             "resume=auto"))
     for name in ("model.safetensors", "backbone/model.safetensors"):
-        full = load_file(str(export_of(tmp_path / "full") / name))
+        full = load_file(str(export_of(full_run) / name))
         resumed = load_file(str(export_of(tmp_path / "split") / name))
         assert full.keys() == resumed.keys()
         for key in full:
@@ -246,21 +250,22 @@ def test_accelerate_launch_single_process_with_wandb_offline(tiny_data, backbone
 
 
 @pytest.mark.slow
-def test_two_processes_really_run_and_agree(tiny_data, backbone, tmp_path):
-    proc = run_recipe(SCRIPT, CONFIG, overrides(tiny_data, tmp_path, backbone), processes=2)
-    export_dir = export_of(tmp_path)
+def test_two_processes_really_run_and_agree(tmp_path_factory):
+    out = difficulty_runs.uninterrupted(tmp_path_factory, 2)  # accelerate launch, 2 epochs, a checkpoint every 3
+    export_dir = export_of(out)
     _, _, manifest = read_export(export_dir)
     training = manifest["training"]
     assert training["world_size"] == 2 and training["distributed_type"] == "MULTI_CPU"
     digests = training["param_sha256_per_process"]
     router, _, _ = load_router(export_dir)
     assert len(digests) == 2 and digests[0] == digests[1] == parameter_digest(router)
-    # 9 micro-batches of 16 per epoch -> 5 per process -> 5 optimizer steps per epoch, 3 epochs.
-    assert training["optimizer_steps"] == 15
-    step_dirs = sorted(p.name for p in (tmp_path / "difficulty" / "difficulty-tiny").glob("step-*"))
-    assert step_dirs == ["step-000008", "step-000012"]  # checkpoint every 4 steps, keep_last 2
+    # 9 micro-batches of 16 per epoch -> 5 per process -> 5 optimizer steps per epoch, 2 epochs.
+    assert training["optimizer_steps"] == 10
+    step_dirs = sorted(p.name for p in (out / "difficulty" / "difficulty-tiny").glob("step-*"))
+    assert step_dirs == ["step-000003", "step-000006", "step-000009"]  # checkpoint every 3 steps, keep_last 5
     # only the main process exports (and prints it; "registered checkpoint: ..." is another line)
-    assert [line.startswith("checkpoint: ") for line in proc.stdout.splitlines()].count(True) == 1
+    stdout = (out / difficulty_runs.STDOUT_FILE).read_text()
+    assert [line.startswith("checkpoint: ") for line in stdout.splitlines()].count(True) == 1
     assert export_files(export_dir) == EXPORT_FILES
 
 
@@ -362,23 +367,24 @@ def test_consecutive_nonfinite_steps_end_the_run_with_a_checkpoint_and_exit_3(ti
 
 
 @pytest.mark.slow
-def test_fsdp2_run_exports_the_same_router_as_ddp(tiny_data, backbone, tmp_path):
+def test_fsdp2_run_exports_the_same_router_as_ddp(tiny_data, backbone, tmp_path_factory, tmp_path):
     """Real FSDP2 over gloo (launch/accelerate/fsdp_cpu_2proc.yaml, one unit per DebertaV2Layer): no process
     holds the whole router, so the export is gathered (launch/README.md note 4). Same files as ever, the same
-    weights as a DDP run up to float summation order, loadable by load_router."""
+    weights as a DDP run (the shared 2-process run, same settings) up to float summation order, loadable by
+    load_router."""
     from tests.fixtures.recipe_runner import FSDP_CPU_2PROC
 
-    steps = ["run.max_optimizer_steps=4", "checkpoint.every_optimizer_steps=2"]
-    run_recipe(SCRIPT, CONFIG, overrides(tiny_data, tmp_path / "ddp", backbone, *steps), processes=2)
-    run_recipe(SCRIPT, CONFIG, overrides(tiny_data, tmp_path / "fsdp", backbone, *steps), processes=2,
+    ddp_out = difficulty_runs.uninterrupted(tmp_path_factory, 2)
+    run_recipe(SCRIPT, CONFIG, difficulty_runs.overrides(tiny_data, tmp_path / "fsdp", backbone), processes=2,
                launch_config=FSDP_CPU_2PROC, launch_args=("--fsdp_transformer_layer_cls_to_wrap", "DebertaV2Layer"))
-    ddp, fsdp = export_of(tmp_path / "ddp"), export_of(tmp_path / "fsdp")
+    ddp, fsdp = export_of(ddp_out), export_of(tmp_path / "fsdp")
     assert export_files(fsdp) == EXPORT_FILES
     training = json.loads((fsdp / "manifest.json").read_text())["training"]
     assert (training["distributed_type"], training["world_size"]) == ("FSDP", 2)
     digests = training["param_sha256_per_process"]
     assert len(digests) == 2 and digests[0] == digests[1]  # over the gathered weights
-    step = {p.name for p in (tmp_path / "fsdp" / "difficulty" / "difficulty-tiny" / "step-000004").iterdir()}
+    assert training["optimizer_steps"] == 10
+    step = {p.name for p in (tmp_path / "fsdp" / "difficulty" / "difficulty-tiny" / "step-000003").iterdir()}
     assert {"pytorch_model_fsdp_0", "optimizer_0"} <= step  # sharded step checkpoints
     for name in ("model.safetensors", "backbone/model.safetensors"):
         a, b = load_file(ddp / name), load_file(fsdp / name)

@@ -7,7 +7,8 @@ restore the dataloader position mid-epoch, every process's RNG (dropout masks), 
 step counter to end torch.equal to the uninterrupted run, in the backbone and in the heads.
 
 The runs stop at exact points through the test-only fault hooks (routerforge/train/faults.py); the kill
-itself is a real SIGKILL of the whole process group.
+itself is a real SIGKILL of the whole process group. The uninterrupted runs are the session's shared ones
+(tests/fixtures/difficulty_runs.py; tests/recipes/test_train_difficulty.py reads them too).
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from safetensors.torch import load_file
 
 from routerforge.train.checkpointing import COMPLETE_MARKER
 from routerforge.train.faults import HANG_AT_STEP_ENV, hang_marker
+from tests.fixtures import difficulty_runs
+from tests.fixtures.difficulty_runs import CONFIG, SCRIPT, overrides
 from tests.fixtures.recipe_runner import (
     kill_process_group,
     read_export,
@@ -29,28 +32,19 @@ from tests.fixtures.recipe_runner import (
     wait_for_files,
 )
 from tests.fixtures.tiny_deberta import tiny_deberta_spec
-from tests.fixtures.tiny_difficulty_dataset import build_tiny_difficulty_dataset
 
-CONFIG = "configs/difficulty/tiny.yaml"
-SCRIPT = "training/train_difficulty.py"
-CHECKPOINT_EVERY = 3
 HANG_AT = 5  # killed here: two optimizer steps after the step-3 checkpoint, before the step-6 one
 WEIGHT_FILES = ("model.safetensors", "backbone/model.safetensors")
 
 
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory):
-    return build_tiny_difficulty_dataset(tmp_path_factory.mktemp("data"))
+    return difficulty_runs.tiny_data(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
 def backbone(tmp_path_factory):
     return tiny_deberta_spec(tmp_path_factory)
-
-
-def overrides(data_dir, out_dir, backbone, *extra: str) -> list[str]:
-    return [f"data.path={data_dir}", f"run.output_dir={out_dir}", f"model.backbone={backbone}", "run.epochs=2",
-            f"checkpoint.every_optimizer_steps={CHECKPOINT_EVERY}", "checkpoint.keep_last=5", *extra]
 
 
 def final_weights(out_dir) -> dict[str, torch.Tensor]:
@@ -87,9 +81,9 @@ def kill_and_resume(tiny_data, backbone, out, processes: int, log_dir) -> str:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("processes", [1, 2])
-def test_sigkill_between_checkpoints_then_resume_is_bit_identical(tiny_data, backbone, tmp_path, processes):
-    reference = tmp_path / "uninterrupted"
-    run_recipe(SCRIPT, CONFIG, overrides(tiny_data, reference, backbone), processes=processes)
+def test_sigkill_between_checkpoints_then_resume_is_bit_identical(tiny_data, backbone, tmp_path_factory, tmp_path,
+                                                                  processes):
+    reference = difficulty_runs.uninterrupted(tmp_path_factory, processes)  # 1: in-process, 2: accelerate launch
     _, _, reference_manifest = read_export(reference / "difficulty" / "difficulty-tiny" / "final")
     assert reference_manifest["training"]["world_size"] == processes
 

@@ -8,7 +8,8 @@ both LR schedules and the cost normaliser's window. Compared: the sha256 of the 
 (policy/model.safetensors) and value head (model.safetensors) against an uninterrupted 2-process run.
 
 The run stops at an exact point through the test-only fault hook (routerforge/train/faults.py); the
-kill itself is a real SIGKILL of the launcher's process group and of every worker.
+kill itself is a real SIGKILL of the launcher's process group and of every worker. The uninterrupted run is
+the session's shared one (tests/fixtures/router_r1_runs.py; the FSDP2 tests compare against it too).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import pytest
 
 from routerforge.train.checkpointing import COMPLETE_MARKER, latest_complete_checkpoint
 from routerforge.train.faults import HANG_AT_STEP_ENV, hang_marker
+from tests.fixtures import router_r1_runs
 from tests.fixtures.recipe_runner import (
     kill_process_group,
     recipe_env,
@@ -27,24 +29,15 @@ from tests.fixtures.recipe_runner import (
     start_recipe,
     wait_for_files,
 )
-from tests.fixtures.tiny_qwen2 import build_tiny_causal_lm
+from tests.fixtures.router_r1_runs import CONFIG, PPO_STEPS, SCRIPT, overrides
 
-CONFIG = "configs/router_r1/tiny.yaml"
-SCRIPT = "training/train_router_r1.py"
-PPO_STEPS = 4
-CHECKPOINT_EVERY = 2
 HANG_AT = 3  # killed here: one PPO step after the step-2 checkpoint, before the step-4 one
 WEIGHT_FILES = ("policy/model.safetensors", "model.safetensors")
 
 
 @pytest.fixture(scope="module")
 def tiny_lm(tmp_path_factory):
-    return build_tiny_causal_lm(tmp_path_factory.mktemp("tiny_qwen2"))
-
-
-def overrides(model_dir, out_dir, *extra: str) -> list[str]:
-    return [f"model.policy={model_dir}", f"run.output_dir={out_dir}", f"run.max_optimizer_steps={PPO_STEPS}",
-            f"checkpoint.every_optimizer_steps={CHECKPOINT_EVERY}", "checkpoint.keep_last=5", *extra]
+    return router_r1_runs.tiny_policy(tmp_path_factory.getbasetemp())
 
 
 def export_digests(out_dir) -> dict[str, str]:
@@ -57,9 +50,9 @@ def training_facts(out_dir) -> dict:
 
 
 @pytest.mark.slow
-def test_two_process_sigkill_after_a_checkpoint_then_resume_exports_the_same_policy(tiny_lm, tmp_path):
-    reference = tmp_path / "uninterrupted"
-    run_recipe(SCRIPT, CONFIG, overrides(tiny_lm, reference), processes=2)
+def test_two_process_sigkill_after_a_checkpoint_then_resume_exports_the_same_policy(tiny_lm, tmp_path_factory,
+                                                                                    tmp_path):
+    reference = router_r1_runs.uninterrupted(tmp_path_factory.getbasetemp(), "ddp")
     reference_facts = training_facts(reference)
     assert reference_facts["world_size"] == 2 and reference_facts["ppo_steps"] == PPO_STEPS
 

@@ -168,15 +168,18 @@ def test_packaged_minilm_is_an_encoder_stand_in(tmp_path):
 @pytest.mark.slow
 def test_two_processes_write_byte_identical_shards_to_one_process(tiny, tmp_path):
     script = str(REPO_ROOT / "data_prep" / "hidden_states.py")
-    common = ["--config", str(REPO_ROOT / "configs/probe/tiny.yaml"), f"features.dataset={tiny['data']}",
-              f"features.lm.model={tiny['lm']}", "features.shard_size=5", "--no-progress"]
+    config = REPO_ROOT / "configs/probe/tiny.yaml"
+    overrides = [f"features.dataset={tiny['data']}", f"features.lm.model={tiny['lm']}", "features.shard_size=5"]
+    # One process: what the script runs (load_stage_config + run_hidden_states), in this process to skip a
+    # Python start-up; the two processes run the script itself under accelerate launch.
+    one = run_hidden_states(load_stage_config(config, [*overrides, f"features.output_dir={tmp_path / 'one'}"]),
+                            progress=False)
+    assert one.world_size == 1 and len(one.shards_computed) == 7
     accelerate = str(__import__("pathlib").Path(sys.executable).with_name("accelerate"))
     env = recipe_env(ACCELERATE_USE_CPU="true", PYTHONPATH=str(REPO_ROOT))
-    one = subprocess.run([sys.executable, script, *common, f"features.output_dir={tmp_path / 'one'}"],
-                         cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert one.returncode == 0, one.stderr[-3000:]
     two = subprocess.run([accelerate, "launch", "--config_file", str(CPU_2PROC), "--main_process_port",
-                          str(free_port()), script, *common, f"features.output_dir={tmp_path / 'two'}"],
+                          str(free_port()), script, "--config", str(config), *overrides, "--no-progress",
+                          f"features.output_dir={tmp_path / 'two'}"],
                          cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert two.returncode == 0, two.stderr[-3000:]
     assert "2 process(es)" in two.stdout and "this process computed 4" in two.stdout  # 7 shards: 4 + 3
