@@ -104,9 +104,10 @@ class DifficultyDataConfig:
     train_split: str = doc("split of the outcomes and pairs tables to train on", default="train")
     eval_split: str = doc("split to evaluate on; empty string: none", default="validation")
     group_by_length: bool = doc("batch prompts of similar token length together, as transformers' Trainer "
-                                "group_by_length (a seeded shuffle, sorted by length within mega-batches of 50 "
-                                "micro-batches): each batch pads to its own longest prompt, so far fewer padding "
-                                "tokens are computed (bool; false: a plain shuffle)", default=True)
+                                "group_by_length (a seeded shuffle, sorted by length within mega-batches of up to "
+                                "50 micro-batches): each batch pads to its own longest prompt, ~2x faster on "
+                                "MMLU-Pro, but measured 0.03 APGR lower there (bool; false: a plain shuffle)",
+                                default=False)
 
 
 @dataclass(frozen=True)

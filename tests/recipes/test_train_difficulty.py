@@ -208,6 +208,23 @@ def test_stop_then_resume_auto_matches_an_uninterrupted_run(tiny_data, backbone,
     assert manifest["training"]["loss_history"][0]["optimizer_step"] == 4 and result["optimizer_steps"] == 18
 
 
+def test_length_grouped_batches_resume_exactly_and_change_the_run(tiny_data, backbone, tmp_path_factory, tmp_path):
+    # data.group_by_length=true: the batch order is transformers' length-grouped order seeded per epoch, so a run
+    # stopped after step 5 and resumed ends bit-identical to an uninterrupted grouped run, and differs from the
+    # plain shuffle's (the shared uninterrupted run).
+    ckpt = ["checkpoint.every_optimizer_steps=3", "checkpoint.keep_last=5", "run.epochs=2", "data.group_by_length=true"]
+    run_recipe_in_process("train_difficulty", argv(tiny_data, tmp_path / "full", backbone, *ckpt))
+    run_recipe_in_process("train_difficulty", argv(tiny_data, tmp_path / "split", backbone, *ckpt,
+                                                   "run.max_optimizer_steps=5"))
+    run_recipe_in_process("train_difficulty", argv(tiny_data, tmp_path / "split", backbone, *ckpt, "resume=auto"))
+    grouped = load_file(str(export_of(tmp_path / "full") / "backbone/model.safetensors"))
+    resumed = load_file(str(export_of(tmp_path / "split") / "backbone/model.safetensors"))
+    shuffled = load_file(str(export_of(difficulty_runs.uninterrupted(tmp_path_factory, 1))
+                             / "backbone/model.safetensors"))
+    assert all(torch.equal(grouped[key], resumed[key]) for key in grouped)
+    assert not all(torch.equal(grouped[key], shuffled[key]) for key in grouped)
+
+
 def test_config_typos_and_bad_values_name_the_key(tiny_data, backbone, tmp_path):
     proc = run_recipe(SCRIPT, CONFIG, overrides(tiny_data, tmp_path, backbone, "model.lora.rr=4"), check=False,
                       timeout_s=120)
