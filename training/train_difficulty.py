@@ -69,12 +69,7 @@ from routerforge.registry.register import register_run_export
 from routerforge.train import early_stopping, nan_guard
 from routerforge.train.accelerator_setup import seed_for_model_init, seed_for_training
 from routerforge.train.consistency import agreed_parameter_digests
-from routerforge.train.data_loading import (
-    LengthGroupedEpochSampler,
-    batches_for_epoch,
-    build_eval_loader,
-    build_train_loader,
-)
+from routerforge.train.data_loading import batches_for_epoch, build_eval_loader, build_train_loader
 from routerforge.train.entrypoint import run_recipe
 from routerforge.train.lifecycle import LoopOutcome, Position, RunContext, dataset_facts, start_run
 from routerforge.train.optimization import build_lr_scheduler, build_optimizer, warmup_steps_for
@@ -423,10 +418,8 @@ def fit(ctx: RunContext, router: DifficultyRouter, td: TrainingData) -> tuple[Lo
     last_train_loss, history = float("nan"), []
     samples_seen, loop_started = 0, time.perf_counter()
     # Length-grouped batches come longest first: project the ETA over one whole mega-batch of them.
-    sampler = td.train_loader.sampler
-    group_steps = (math.ceil(sampler.micro_batches_per_group() / accelerator.num_processes
-                             / cfg.run.gradient_accumulation_steps) if isinstance(sampler, LengthGroupedEpochSampler)
-                   else 1)
+    group_steps = (math.ceil(td.train_loader.sampler.micro_batches_per_group / accelerator.num_processes
+                             / cfg.run.gradient_accumulation_steps) if cfg.data.group_by_length else 1)
     eta = EtaReporter(accelerator, RECIPE, optimizer_step, total_optimizer_steps, cfg.run.time_budget_minutes,
                       early_stopping=bool(stopper and cfg.run.early_stopping_patience_evals),
                       min_measured_steps=group_steps)

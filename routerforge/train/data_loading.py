@@ -59,13 +59,12 @@ class LengthGroupedEpochSampler(Sampler[int]):
         self.micro_batch_size = micro_batch_size
         self.seed = seed
         self.epoch = 0
+        # Micro-batches per mega-batch (transformers' own rule: 50, or fewer to make at least 4 mega-batches),
+        # passed explicitly so the ETA (micro_batches_per_group) and the order agree.
+        self.micro_batches_per_group = max(1, min(len(self.lengths) // (micro_batch_size * 4), 50))
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
-
-    def micro_batches_per_group(self) -> int:
-        """Micro-batches per mega-batch: the number `get_length_grouped_indices` chooses by default."""
-        return max(1, min(len(self.lengths) // (self.micro_batch_size * 4), 50))
 
     def __iter__(self):
         # Imported here: transformers' trainer module costs ~0.5 s to import, and the recipes without text
@@ -74,7 +73,8 @@ class LengthGroupedEpochSampler(Sampler[int]):
 
         generator = torch.Generator()
         generator.manual_seed(self.seed + self.epoch)
-        yield from get_length_grouped_indices(self.lengths, self.micro_batch_size, generator=generator)
+        yield from get_length_grouped_indices(self.lengths, self.micro_batch_size,
+                                              mega_batch_mult=self.micro_batches_per_group, generator=generator)
 
     def __len__(self) -> int:
         return len(self.lengths)
