@@ -71,8 +71,15 @@ EXAMPLE_PROMPTS = [
 ]
 
 
-def _routerforge(*args: str) -> None:
-    _run([sys.executable, "-m", "routerforge.cli", *args])
+def _routerforge(*args: str, stdout: Path | None = None) -> None:
+    """Run `routerforge <args>` as a user would (printing the command); `stdout` redirects its output to a file."""
+    cmd = [sys.executable, "-m", "routerforge.cli", *args]
+    if stdout is None:
+        _run(cmd)
+        return
+    print("$ " + shlex.join(cmd) + f" > {shlex.quote(str(stdout))}", flush=True)
+    with open(stdout, "w", encoding="utf-8") as out:
+        subprocess.run(cmd, check=True, stdout=out, env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
 
 def evaluate_calibrate_route(dataset_dir: Path, number: int) -> None:
@@ -107,7 +114,70 @@ def evaluate_calibrate_route(dataset_dir: Path, number: int) -> None:
           flush=True)
     _routerforge("route", f"checkpoints/{ROUTE_EXAMPLES_WITH}", *EXAMPLE_PROMPTS, "--strong-share", "0.5",
                  "--strong", STRONG, "--weak", WEAK, "--embedding-cache", "data/cache/embeddings")
+
+    # Hand-written prompts say little about a router trained on this data; held-out prompts whose real outcomes
+    # are known show whether the ones it sends to the strong model are the ones the weak model gets wrong.
+    outcomes, set_of = held_out_outcomes(eval_sets, STRONG, WEAK)
+    held_out = Path("checkpoints/demo_held_out_prompts.jsonl")
+    held_out.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in outcomes), encoding="utf-8")
+    routes_file = Path("checkpoints/demo_held_out_routes.jsonl")
+    print(f"\n== {number + 3}. route the {len(outcomes)} held-out prompts with the {ROUTE_EXAMPLES_WITH} router at "
+          f"50% strong calls, next to what each model scored on them ==", flush=True)
+    _routerforge("route", f"checkpoints/{ROUTE_EXAMPLES_WITH}", "--prompts", str(held_out), "--strong-share", "0.5",
+                 "--strong", STRONG, "--weak", WEAK, "--embedding-cache", "data/cache/embeddings", "--json",
+                 stdout=routes_file)
+    routes = [json.loads(line) for line in routes_file.read_text(encoding="utf-8").splitlines()]
+    print(held_out_routing_report(routes, outcomes, set_of, STRONG, WEAK), flush=True)
     _routerforge("list")
+
+
+def held_out_outcomes(eval_sets: list[Path], strong: str, weak: str) -> tuple[dict[str, dict[str, float]],
+                                                                            dict[str, str]]:
+    """({prompt: {model: score}}, {prompt: set name}) over the eval sets, for the prompts graded for both `strong`
+    and `weak` (in file order)."""
+    outcomes: dict[str, dict[str, float]] = {}
+    set_of: dict[str, str] = {}
+    for path in eval_sets:
+        for line in path.read_text(encoding="utf-8").splitlines():
+            row = json.loads(line)
+            if row["model"] in (strong, weak):
+                outcomes.setdefault(row["prompt"], {})[row["model"]] = float(row["score"])
+                set_of.setdefault(row["prompt"], path.stem)
+    both = {p: scores for p, scores in outcomes.items() if len(scores) == 2}
+    return both, {p: set_of[p] for p in both}
+
+
+def held_out_routing_report(routes: list[dict], outcomes: dict[str, dict[str, float]], set_of: dict[str, str],
+                            strong: str, weak: str, examples_per_side: int = 2) -> str:
+    """Per set and routed-to model: how many prompts and the mean real score of each model on them; then, per set,
+    the `examples_per_side` prompts the router scored lowest (surest the weak model suffices) and highest.
+
+    A router that routes sensibly sends the prompts the weak model fails to the strong model: the weak model's
+    mean score is lower on the prompts routed strong than on those routed weak.
+    """
+    short = {strong: strong.split("/")[-1], weak: weak.split("/")[-1]}
+    lines = [f"| set | routed to | prompts | {short[weak]} mean score | {short[strong]} mean score |",
+             "|---|---|---:|---:|---:|"]
+    by_set: dict[str, list[dict]] = {}
+    for route in routes:
+        by_set.setdefault(set_of[route["prompt"]], []).append(route)
+    for name, set_routes in sorted(by_set.items()):
+        for model in (weak, strong):
+            chosen = [r["prompt"] for r in set_routes if r["model"] == model]
+            means = [sum(outcomes[p][m] for p in chosen) / len(chosen) if chosen else float("nan")
+                     for m in (weak, strong)]
+            lines.append(f"| {name} | {short[model]} | {len(chosen)} | {means[0]:.3f} | {means[1]:.3f} |")
+    for name, set_routes in sorted(by_set.items()):
+        ranked = sorted(set_routes, key=lambda r: r["score"])
+        lines.append(f"\n{name}: the {examples_per_side} prompts scored lowest and highest (score, routed to, "
+                     f"{short[weak]} / {short[strong]} score):")
+        for route in ranked[:examples_per_side] + ranked[-examples_per_side:]:
+            text = " ".join(route["prompt"].split())
+            text = text if len(text) <= 90 else text[:87] + "..."
+            real = outcomes[route["prompt"]]
+            lines.append(f"  {route['score']:.3f}  {short[route['model']]:<28} {real[weak]:g} / {real[strong]:g}  "
+                         f"{text!r}")
+    return "\n".join(lines)
 
 
 def results_table(results: dict[tuple[str, str], dict], sets: list[str]) -> str:

@@ -134,6 +134,10 @@ class DifficultyModelConfig:
                        default="mean")
     max_seq_tokens: int = doc("prompts are truncated to this many tokens (tokens; BEST-Route: 128)", default=256)
     head_dropout: float = doc("dropout before the heads (probability)", default=0.1)
+    attention_dropout: float | None = doc(
+        "dropout on the backbone's attention probabilities while training (probability); null keeps the "
+        "backbone's own (0.1 for all-MiniLM-L6-v2 and DeBERTa-v3). 0 lets torch use its fused attention on "
+        "CPU: 1.6x faster steps there", default=None)
     lora: DifficultyLoraConfig = doc("LoRA fine-tuning", default_factory=DifficultyLoraConfig)
 
     def __post_init__(self) -> None:
@@ -145,6 +149,8 @@ class DifficultyModelConfig:
             raise ValueError(f"model.max_seq_tokens must be >= 2, got {self.max_seq_tokens}")
         if not 0.0 <= self.head_dropout < 1.0:
             raise ValueError(f"model.head_dropout must be in [0, 1), got {self.head_dropout}")
+        if self.attention_dropout is not None and not 0.0 <= self.attention_dropout < 1.0:
+            raise ValueError(f"model.attention_dropout must be in [0, 1) or null, got {self.attention_dropout}")
 
 
 @dataclass(frozen=True)
@@ -217,7 +223,7 @@ def assemble_router(cfg: DifficultyConfig, backbone, backbone_info, head_spec: H
 def plain_router_from_state(cfg: DifficultyConfig, head_spec: HeadSpec, state_dict: dict) -> DifficultyRouter:
     """The trained router as a plain (unsharded) module built as in section 4, filled with the gathered
     whole `state_dict` (strictly: every key must match)."""
-    backbone, _, backbone_info = load_backbone(cfg.model.backbone)
+    backbone, _, backbone_info = load_backbone(cfg.model.backbone, attention_dropout=cfg.model.attention_dropout)
     router = assemble_router(cfg, backbone, backbone_info, head_spec)
     router.load_state_dict(state_dict, strict=True)
     return router.eval()
@@ -321,7 +327,8 @@ def load_training_data(cfg: DifficultyConfig, accelerator) -> TrainingData:
                             f"another model, or labels.best_of_n with n > 1.")
 
     with accelerator.main_process_first():  # a random-deberta backbone is built once, by the main process
-        backbone, tokenizer, backbone_info = load_backbone(cfg.model.backbone)
+        backbone, tokenizer, backbone_info = load_backbone(cfg.model.backbone,
+                                                            attention_dropout=cfg.model.attention_dropout)
     if tokenizer.pad_token_id is None:
         raise DataError(f"model.backbone '{cfg.model.backbone}': its tokenizer has no padding token.")
 

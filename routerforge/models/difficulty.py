@@ -296,8 +296,34 @@ def resolve_backbone_source(spec: str) -> tuple[str, str, bool]:
     return source.load_from, source.name, source.is_local
 
 
-def load_backbone(spec: str, dtype: torch.dtype = torch.float32):
-    """(AutoModel, AutoTokenizer, BackboneInfo) for `model.backbone`; a RouterForgeError when it cannot load."""
+# The config key each encoder family uses for dropout on the attention probabilities.
+ATTENTION_DROPOUT_KEYS = ("attention_probs_dropout_prob", "attention_dropout", "attn_pdrop")
+
+
+def attention_dropout_override(load_from: str, attention_dropout: float | None) -> dict:
+    """from_pretrained kwargs that set the backbone's attention dropout; {} keeps the backbone's own.
+
+    Why it matters on CPU: torch's scaled_dot_product_attention has no fused CPU kernel with dropout, so a
+    training step with attention dropout falls back to the unfused path; all-MiniLM-L6-v2 at 32 x 256 tokens
+    measured 8.5 s per forward+backward with its 0.1 attention dropout vs 5.3 s without, on 2 cores.
+    """
+    if attention_dropout is None:
+        return {}
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(load_from)
+    for key in ATTENTION_DROPOUT_KEYS:
+        if hasattr(config, key):
+            return {key: attention_dropout}
+    raise ConfigError(f"model.attention_dropout: the '{config.model_type}' backbone has no attention-dropout "
+                      f"setting ({' or '.join(ATTENTION_DROPOUT_KEYS)}); set model.attention_dropout=null.")
+
+
+def load_backbone(spec: str, dtype: torch.dtype = torch.float32, attention_dropout: float | None = None):
+    """(AutoModel, AutoTokenizer, BackboneInfo) for `model.backbone`; a RouterForgeError when it cannot load.
+
+    `attention_dropout` (probability) replaces the backbone's attention dropout; None keeps its own.
+    """
     from transformers import AutoModel, AutoTokenizer
 
     from routerforge.encoders.model_source import fingerprint_model_dir
@@ -305,7 +331,8 @@ def load_backbone(spec: str, dtype: torch.dtype = torch.float32):
     load_from, name, is_local = resolve_backbone_source(spec)
     try:
         tokenizer = AutoTokenizer.from_pretrained(load_from)
-        backbone = AutoModel.from_pretrained(load_from, dtype=dtype)
+        overrides = attention_dropout_override(load_from, attention_dropout)
+        backbone = AutoModel.from_pretrained(load_from, dtype=dtype, **overrides)
     except (OSError, ValueError, RuntimeError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
         raise ConfigError(f"model.backbone '{spec}' could not be loaded ({first}); use a local model directory, "
