@@ -7,6 +7,8 @@
    the kNN and linear routers, matrix factorization (RouteLLM), the BEST-Route difficulty router, the
    cluster router (UniRoute) and a probe router (P(weak model correct) from hidden states; offline the
    packaged MiniLM encoder stands in for the weak model's own states).
+3. evaluates every router on the held-out sets, calibrates thresholds on held-out traffic, and routes the
+   held-out prompts with the kNN router next to what each model really scored on them.
 
 Every step is resumable: re-running the demo reuses the dataset (same version) and the finished runs.
 """
@@ -64,11 +66,6 @@ def run_demo() -> int:
 STRONG, WEAK = "gpt-4-1106-preview", "mistralai/Mixtral-8x7B-Instruct-v0.1"
 EVAL_ROUTERS = tuple(name for name, family in FAMILIES.items() if family.demo)
 ROUTE_EXAMPLES_WITH = "knn"
-EXAMPLE_PROMPTS = [
-    "What is the capital of France?",
-    "Prove that there are infinitely many primes p such that p + 2 is also prime, or explain why this is open.",
-    "Write a Python function that merges overlapping intervals and analyse its time complexity.",
-]
 
 
 def _routerforge(*args: str, stdout: Path | None = None) -> None:
@@ -110,18 +107,14 @@ def evaluate_calibrate_route(dataset_dir: Path, number: int) -> None:
     for router in EVAL_ROUTERS:
         _routerforge("calibrate", f"checkpoints/{router}", "--prompts", str(traffic), "--strong-share", "0.2", "0.5",
                      "--strong", STRONG, "--weak", WEAK)
-    print(f"\n== {number + 2}. route three prompts with the {ROUTE_EXAMPLES_WITH} router at 50% strong calls ==",
-          flush=True)
-    _routerforge("route", f"checkpoints/{ROUTE_EXAMPLES_WITH}", *EXAMPLE_PROMPTS, "--strong-share", "0.5",
-                 "--strong", STRONG, "--weak", WEAK, "--embedding-cache", "data/cache/embeddings")
-
-    # Hand-written prompts say little about a router trained on this data; held-out prompts whose real outcomes
-    # are known show whether the ones it sends to the strong model are the ones the weak model gets wrong.
+    # Example prompts with known answers: hand-written ones say little about a router trained on this data (it
+    # routes them by their nearest demo prompts); held-out prompts whose real outcomes are known show whether the
+    # prompts it sends to the strong model are the ones where the strong model gains most.
     outcomes, set_of = held_out_outcomes(eval_sets, STRONG, WEAK)
     held_out = Path("checkpoints/demo_held_out_prompts.jsonl")
     held_out.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in outcomes), encoding="utf-8")
     routes_file = Path("checkpoints/demo_held_out_routes.jsonl")
-    print(f"\n== {number + 3}. route the {len(outcomes)} held-out prompts with the {ROUTE_EXAMPLES_WITH} router at "
+    print(f"\n== {number + 2}. route the {len(outcomes)} held-out prompts with the {ROUTE_EXAMPLES_WITH} router at "
           f"50% strong calls, next to what each model scored on them ==", flush=True)
     _routerforge("route", f"checkpoints/{ROUTE_EXAMPLES_WITH}", "--prompts", str(held_out), "--strong-share", "0.5",
                  "--strong", STRONG, "--weak", WEAK, "--embedding-cache", "data/cache/embeddings", "--json",
@@ -149,24 +142,28 @@ def held_out_outcomes(eval_sets: list[Path], strong: str, weak: str) -> tuple[di
 
 def held_out_routing_report(routes: list[dict], outcomes: dict[str, dict[str, float]], set_of: dict[str, str],
                             strong: str, weak: str, examples_per_side: int = 2) -> str:
-    """Per set and routed-to model: how many prompts and the mean real score of each model on them; then, per set,
-    the `examples_per_side` prompts the router scored lowest (surest the weak model suffices) and highest.
+    """Per set and routed-to model: how many prompts, the mean real score of each model on them and the strong
+    model's gain (strong - weak); then, per set, the `examples_per_side` prompts the router scored lowest (surest
+    the weak model suffices) and highest.
 
-    A router that routes sensibly sends the prompts the weak model fails to the strong model: the weak model's
-    mean score is lower on the prompts routed strong than on those routed weak.
+    A router that routes sensibly sends the prompts where the strong model gains most to the strong model: the
+    gain is larger on the prompts routed strong than on those routed weak.
     """
     short = {strong: strong.split("/")[-1], weak: weak.split("/")[-1]}
-    lines = [f"| set | routed to | prompts | {short[weak]} mean score | {short[strong]} mean score |",
-             "|---|---|---:|---:|---:|"]
+    lines = [f"| set | routed to | prompts | {short[weak]} mean score | {short[strong]} mean score | strong - weak |",
+             "|---|---|---:|---:|---:|---:|"]
     by_set: dict[str, list[dict]] = {}
     for route in routes:
         by_set.setdefault(set_of[route["prompt"]], []).append(route)
     for name, set_routes in sorted(by_set.items()):
         for model in (weak, strong):
             chosen = [r["prompt"] for r in set_routes if r["model"] == model]
-            means = [sum(outcomes[p][m] for p in chosen) / len(chosen) if chosen else float("nan")
-                     for m in (weak, strong)]
-            lines.append(f"| {name} | {short[model]} | {len(chosen)} | {means[0]:.3f} | {means[1]:.3f} |")
+            if not chosen:
+                lines.append(f"| {name} | {short[model]} | 0 | - | - | - |")
+                continue
+            means = [sum(outcomes[p][m] for p in chosen) / len(chosen) for m in (weak, strong)]
+            lines.append(f"| {name} | {short[model]} | {len(chosen)} | {means[0]:.3f} | {means[1]:.3f} | "
+                         f"{means[1] - means[0]:+.3f} |")
     for name, set_routes in sorted(by_set.items()):
         ranked = sorted(set_routes, key=lambda r: r["score"])
         lines.append(f"\n{name}: the {examples_per_side} prompts scored lowest and highest (score, routed to, "

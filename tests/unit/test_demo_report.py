@@ -25,11 +25,12 @@ def test_report_counts_and_means_per_set_and_routed_model():
               {"prompt": "p3", "model": STRONG, "score": 0.7}, {"prompt": "q1", "model": WEAK, "score": 0.2}]
     report = held_out_routing_report(routes, outcomes, set_of, STRONG, WEAK, examples_per_side=1)
     lines = report.splitlines()
-    assert lines[0] == "| set | routed to | prompts | weak-model mean score | strong-model mean score |"
-    assert lines[2:6] == ["| gsm8k | weak-model | 1 | 1.000 | 1.000 |",
-                          "| gsm8k | strong-model | 2 | 0.000 | 0.500 |",
-                          "| mt_bench | weak-model | 1 | 0.500 | 0.250 |",
-                          "| mt_bench | strong-model | 0 | nan | nan |"]
+    assert lines[0] == ("| set | routed to | prompts | weak-model mean score | strong-model mean score | "
+                        "strong - weak |")
+    assert lines[2:6] == ["| gsm8k | weak-model | 1 | 1.000 | 1.000 | +0.000 |",
+                          "| gsm8k | strong-model | 2 | 0.000 | 0.500 | +0.500 |",
+                          "| mt_bench | weak-model | 1 | 0.500 | 0.250 | -0.250 |",
+                          "| mt_bench | strong-model | 0 | - | - | - |"]
     gsm8k = report.split("gsm8k: ")[1].splitlines()
     # lowest score first, then highest; each with the real scores of both models
     assert gsm8k[1].split() == ["0.100", "weak-model", "1", "/", "1", "'p1'"]
